@@ -1,0 +1,16 @@
+//! Domain values every peer shares: device ids, version vectors, file records and paths.
+//!
+//! These types are the vocabulary of the rules and of the wire. Their invariants live behind
+//! private fields and fallible constructors, so a value that exists is a valid one.
+
+mod device;
+mod path;
+mod record;
+mod version;
+
+pub use device::{DeviceId, DeviceIdError, ShortId};
+pub use path::{MAX_COMPONENT, MAX_PATH, PathError, RelPath};
+pub use record::{
+    ChunkRef, EntryKind, FileRecord, FolderMode, FolderModeError, Hash, HashParseError,
+};
+pub use version::{Counter, VectorOrdering, VersionVector};

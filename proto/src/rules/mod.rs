@@ -1,0 +1,1 @@
+//! What wins and what to do: pure functions of records, tested by simulation.

@@ -1,0 +1,1 @@
+//! Crate-level tests: simulation, algebraic laws, golden bytes.
