@@ -4,11 +4,13 @@
 //! private fields and fallible constructors, so a value that exists is a valid one.
 
 mod device;
+mod folder;
 mod path;
 mod record;
 mod version;
 
 pub use device::{DeviceId, DeviceIdError, ShortId};
+pub use folder::{FolderId, FolderIdError};
 pub use path::{MAX_COMPONENT, MAX_PATH, PathError, RelPath};
 pub use record::{
     ChunkRef, EntryKind, FileRecord, FolderMode, FolderModeError, Hash, HashParseError,

@@ -1,0 +1,83 @@
+//! The command line: clap definitions and dispatch. One file per command group renders human
+//! output and `--json`; the JSON field names are the stable contract in CLI.md.
+//!
+//! `anyhow` is allowed here and in `main.rs` only: every command ends in one error line.
+
+mod local;
+mod setup;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::home::Home;
+
+/// tandem: keep folders identical across machines, peer to peer.
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, about, propagate_version = true)]
+pub struct Cli {
+    /// State directory (config, key, index); default $XDG_CONFIG_HOME/tandem or ~/.config/tandem.
+    #[arg(long, global = true, env = "TANDEM_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Log filter for stderr (error, warn, info, debug, trace, or a RUST_LOG-style directive).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create this device's identity, certificate and config; print its device id.
+    Init(setup::InitArgs),
+    /// Print this device's id.
+    Id,
+    /// Manage trusted peers.
+    #[command(subcommand)]
+    Peer(setup::PeerCommand),
+    /// Manage synced folders.
+    #[command(subcommand)]
+    Folder(setup::FolderCommand),
+    /// Scan folders now and update the index.
+    Scan(local::ScanArgs),
+    /// List the local index of a folder.
+    Ls(local::LsArgs),
+}
+
+/// `--json` for listing commands.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print machine-readable JSON (schema in CLI.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = resolve_home(cli.home)?;
+    match cli.command {
+        Command::Init(args) => setup::init(&home, args),
+        Command::Id => setup::id(&home),
+        Command::Peer(cmd) => setup::peer(&home, cmd),
+        Command::Folder(cmd) => setup::folder(&home, cmd),
+        Command::Scan(args) => local::scan(&home, args),
+        Command::Ls(args) => local::ls(&home, args),
+    }
+}
+
+fn resolve_home(flag: Option<PathBuf>) -> anyhow::Result<Home> {
+    let dir = match flag {
+        Some(dir) => dir,
+        None => Home::default_dir()
+            .ok_or_else(|| anyhow::anyhow!("no home directory: set --home, TANDEM_HOME or HOME"))?,
+    };
+    Ok(Home::new(&dir)?)
+}
+
+/// Prints a value as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

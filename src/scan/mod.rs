@@ -1,0 +1,413 @@
+//! The scanner: turns what is on disk into index records.
+//!
+//! A pipeline of scoped threads: the walker stats every entry and compares it with the index
+//! (the stat fast path: an unchanged tuple means no read), two hash workers chunk and hash
+//! changed files (both cores), and the calling thread writes the results in durable batches.
+//! Paths the index knows but the walk did not see become tombstones — unless the root is
+//! missing, the path is ignored, or its directory could not be read: missing state is not
+//! deletion.
+
+pub mod hasher;
+pub mod walk;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tandem_proto::model::{EntryKind, FileRecord, Hash, RelPath, ShortId, VersionVector};
+
+use crate::store::{Index, LocalRecord, StatKey, StoreError};
+use hasher::{FileHasher, HashError};
+use walk::{Filter, WalkItem};
+
+/// Records written per durable commit.
+const BATCH: usize = 1000;
+/// Attempts to hash a file that keeps changing under us.
+const HASH_ATTEMPTS: usize = 3;
+/// Hash worker threads.
+const WORKERS: usize = 2;
+
+/// Why a scan could not run at all (per-path problems are [`ScanIssue`]s instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The root does not exist or is not a directory: never read as "everything deleted".
+    #[error("folder root {path} is missing or not a directory ({reason}); not scanning")]
+    RootMissing {
+        /// The root.
+        path: PathBuf,
+        /// What the stat said.
+        reason: String,
+    },
+    /// `.tandemignore` could not be parsed.
+    #[error("{root}/.tandemignore: {source}")]
+    Ignore {
+        /// The root.
+        root: PathBuf,
+        /// The parse error.
+        source: ignore::Error,
+    },
+    /// The index failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A path the scan could not record, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanIssue {
+    /// The path (lossy for names that are not UTF-8).
+    pub path: String,
+    /// Why.
+    pub error: String,
+}
+
+/// What a scan found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanSummary {
+    /// Live regular files in the index after the scan.
+    pub files: u64,
+    /// Live directories.
+    pub dirs: u64,
+    /// Live symlinks.
+    pub symlinks: u64,
+    /// Bytes in live files.
+    pub bytes: u64,
+    /// Paths recorded for the first time (or again after a delete).
+    pub new: u64,
+    /// Paths whose content or metadata changed.
+    pub changed: u64,
+    /// Paths that became tombstones.
+    pub deleted: u64,
+    /// Files read and hashed.
+    pub hashed_files: u64,
+    /// Bytes read and hashed.
+    pub hashed_bytes: u64,
+    /// Paths that could not be recorded.
+    pub issues: Vec<ScanIssue>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// One folder to scan.
+pub struct ScanTarget<'a> {
+    /// Folder id, the index key.
+    pub folder: &'a str,
+    /// Absolute root.
+    pub root: &'a Path,
+    /// This device, for version vectors.
+    pub device: ShortId,
+    /// A directory to leave out (the tandem home, when it lies inside the folder).
+    pub skip_dir: Option<PathBuf>,
+}
+
+/// A file the walker found changed, for the hash workers.
+struct HashJob {
+    path: RelPath,
+    abs: PathBuf,
+    stat: StatKey,
+}
+
+/// What the writer receives.
+enum Found {
+    Entry(Box<LocalRecord>),
+    Issue(ScanIssue),
+}
+
+/// Scans one folder and brings its index up to date.
+pub fn scan_folder(index: &Index, target: &ScanTarget<'_>) -> Result<ScanSummary, ScanError> {
+    let started = Instant::now();
+    check_root(target.root)?;
+    let filter = Filter::new(target.root, target.skip_dir.clone())
+        .map_err(|source| ScanError::Ignore { root: target.root.to_path_buf(), source })?;
+    let existing: BTreeMap<String, LocalRecord> =
+        index.records(target.folder)?.into_iter().map(|r| (r.record.path.to_string(), r)).collect();
+    let mut writer = Writer::new(index, target, &existing);
+    let (seen, unknown) = std::thread::scope(|s| -> Result<_, ScanError> {
+        let (found_tx, found_rx) = mpsc::sync_channel::<Found>(4 * BATCH);
+        let (job_tx, job_rx) = mpsc::sync_channel::<HashJob>(4 * BATCH);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for _ in 0..WORKERS {
+            let (rx, tx) = (Arc::clone(&job_rx), found_tx.clone());
+            s.spawn(move || hash_worker(&rx, &tx));
+        }
+        let walker = s.spawn(|| walk_folder(target.root, &filter, &existing, job_tx, found_tx));
+        for found in found_rx {
+            writer.accept(found)?;
+        }
+        Ok(walker.join().unwrap_or_default())
+    })?;
+    writer.tombstones(&filter, &seen, &unknown)?;
+    let mut summary = writer.finish()?;
+    count_live(index, target.folder, &mut summary)?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn check_root(root: &Path) -> Result<(), ScanError> {
+    match fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => {
+            Err(ScanError::RootMissing { path: root.into(), reason: "not a directory".into() })
+        }
+        Err(e) => Err(ScanError::RootMissing { path: root.into(), reason: e.to_string() }),
+    }
+}
+
+/// The walker thread: stats everything, sends unchanged-looking files nowhere, changed files
+/// to the hash workers and directories/symlinks straight to the writer. Returns the paths
+/// seen and the subtrees that could not be read.
+fn walk_folder(
+    root: &Path,
+    filter: &Filter,
+    existing: &BTreeMap<String, LocalRecord>,
+    jobs: mpsc::SyncSender<HashJob>,
+    found: mpsc::SyncSender<Found>,
+) -> (BTreeSet<String>, Vec<RelPath>) {
+    let mut seen = BTreeSet::new();
+    let mut unknown = Vec::new();
+    walk::walk(root, filter, |item| match item {
+        WalkItem::Entry { path, abs, meta } => {
+            let stat = StatKey::from_metadata(&meta);
+            let old = existing.get(path.as_str());
+            if meta.file_type().is_file() || meta.is_dir() || meta.file_type().is_symlink() {
+                seen.insert(path.to_string());
+            }
+            if old.is_some_and(|o| !o.record.deleted && o.stat.unchanged(&stat)) {
+                return;
+            }
+            // A failed send means the writer stopped on an error it will report.
+            let _ = if meta.file_type().is_file() {
+                jobs.send(HashJob { path, abs, stat }).is_ok()
+            } else {
+                found.send(non_file_entry(path, &abs, &meta, stat)).is_ok()
+            };
+        }
+        WalkItem::Problem { path, error, unknown_subtree } => {
+            unknown.extend(unknown_subtree);
+            let _ = found.send(Found::Issue(ScanIssue { path, error }));
+        }
+    });
+    (seen, unknown)
+}
+
+/// A record for a directory or symlink, or an issue for anything else.
+fn non_file_entry(path: RelPath, abs: &Path, meta: &fs::Metadata, stat: StatKey) -> Found {
+    let kind = if meta.is_dir() { EntryKind::Dir } else { EntryKind::Symlink };
+    if !meta.is_dir() && !meta.file_type().is_symlink() {
+        let error = "not a regular file, directory or symlink: skipped".to_string();
+        return Found::Issue(ScanIssue { path: path.to_string(), error });
+    }
+    let mut record = draft(path, kind, stat);
+    if kind == EntryKind::Symlink {
+        match fs::read_link(abs).map(|t| t.to_str().map(str::to_string)) {
+            Ok(Some(target)) => {
+                record.hash = Hash::of(target.as_bytes());
+                record.symlink_target = Some(target);
+                record.mode = 0;
+            }
+            Ok(None) => {
+                return issue(&record.path, "symlink target is not valid UTF-8: not synced");
+            }
+            Err(e) => return issue(&record.path, &e.to_string()),
+        }
+    }
+    Found::Entry(Box::new(LocalRecord { record, stat }))
+}
+
+fn issue(path: &RelPath, error: &str) -> Found {
+    Found::Issue(ScanIssue { path: path.to_string(), error: error.to_string() })
+}
+
+/// A record with the entry's metadata and no content or version yet.
+fn draft(path: RelPath, kind: EntryKind, stat: StatKey) -> FileRecord {
+    FileRecord {
+        path,
+        kind,
+        size: 0,
+        mtime_ns: stat.mtime_ns,
+        mode: stat.permissions(),
+        symlink_target: None,
+        hash: Hash::ZERO,
+        chunks: Vec::new(),
+        version: VersionVector::new(),
+        sequence: 0,
+        deleted: false,
+        modified_by: ShortId::new(0),
+    }
+}
+
+/// A hash worker: takes jobs until the walker is done.
+fn hash_worker(jobs: &Mutex<mpsc::Receiver<HashJob>>, found: &mpsc::SyncSender<Found>) {
+    let mut hasher = FileHasher::new(0);
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        if found.send(hash_job(&mut hasher, job)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Hashes one file, retrying while it changes under us; never records a half-read file.
+fn hash_job(hasher: &mut FileHasher, mut job: HashJob) -> Found {
+    for _ in 0..HASH_ATTEMPTS {
+        match hasher.hash_file(&job.abs, &job.stat) {
+            Ok(hashed) => {
+                let mut record = draft(job.path, EntryKind::File, job.stat);
+                record.size = hashed.size;
+                record.hash = hashed.hash;
+                record.chunks = hashed.chunks;
+                return Found::Entry(Box::new(LocalRecord { record, stat: job.stat }));
+            }
+            Err(HashError::Changed) => match fs::symlink_metadata(&job.abs) {
+                Ok(meta) if meta.is_file() => job.stat = StatKey::from_metadata(&meta),
+                Ok(_) => return issue(&job.path, "replaced while being read; will rescan"),
+                Err(e) => return issue(&job.path, &e.to_string()),
+            },
+            Err(HashError::Io(e)) => return issue(&job.path, &e.to_string()),
+        }
+    }
+    issue(&job.path, "kept changing while being read; will retry on the next scan")
+}
+
+/// The writing side: decides new/changed/unchanged against the index and commits in batches.
+struct Writer<'a> {
+    index: &'a Index,
+    target: &'a ScanTarget<'a>,
+    existing: &'a BTreeMap<String, LocalRecord>,
+    pending: Vec<(LocalRecord, bool)>,
+    summary: ScanSummary,
+    now_secs: u64,
+}
+
+impl<'a> Writer<'a> {
+    fn new(
+        index: &'a Index,
+        target: &'a ScanTarget<'a>,
+        existing: &'a BTreeMap<String, LocalRecord>,
+    ) -> Self {
+        let now_secs =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        Self {
+            index,
+            target,
+            existing,
+            pending: Vec::new(),
+            summary: ScanSummary::default(),
+            now_secs,
+        }
+    }
+
+    fn accept(&mut self, found: Found) -> Result<(), StoreError> {
+        match found {
+            Found::Issue(issue) => self.summary.issues.push(issue),
+            Found::Entry(local) => {
+                if local.record.kind == EntryKind::File {
+                    self.summary.hashed_files += 1;
+                    self.summary.hashed_bytes += local.record.size;
+                }
+                self.record(*local)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Files a freshly scanned entry as new, changed, or unchanged apart from its stat.
+    fn record(&mut self, mut local: LocalRecord) -> Result<(), StoreError> {
+        let old = self.existing.get(local.record.path.as_str());
+        match old {
+            Some(old) if !old.record.deleted && old.record.same_entry(&local.record) => {
+                let mut kept = old.clone();
+                kept.stat = local.stat;
+                self.push(kept, false)
+            }
+            _ => {
+                let base = old.map(|o| &o.record.version);
+                local.record.version =
+                    base.cloned().unwrap_or_default().bumped(self.target.device, self.now_secs);
+                local.record.modified_by = self.target.device;
+                match old {
+                    Some(o) if !o.record.deleted => self.summary.changed += 1,
+                    _ => self.summary.new += 1,
+                }
+                self.push(local, true)
+            }
+        }
+    }
+
+    /// Tombstones for known live paths the walk did not see.
+    fn tombstones(
+        &mut self,
+        filter: &Filter,
+        seen: &BTreeSet<String>,
+        unknown: &[RelPath],
+    ) -> Result<(), StoreError> {
+        let existing = self.existing;
+        for (path, old) in existing {
+            let rec = &old.record;
+            let skipped = rec.deleted
+                || seen.contains(path)
+                || unknown.iter().any(|u| u == &rec.path || u.is_ancestor_of(&rec.path))
+                || filter.excludes(&rec.path, rec.kind == EntryKind::Dir);
+            if skipped {
+                continue;
+            }
+            let mut tomb = draft(rec.path.clone(), rec.kind, StatKey::default());
+            tomb.mtime_ns = rec.mtime_ns;
+            tomb.deleted = true;
+            tomb.version = rec.version.bumped(self.target.device, self.now_secs);
+            tomb.modified_by = self.target.device;
+            self.summary.deleted += 1;
+            self.push(LocalRecord { record: tomb, stat: StatKey::default() }, true)?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, local: LocalRecord, is_change: bool) -> Result<(), StoreError> {
+        self.pending.push((local, is_change));
+        if self.pending.len() >= BATCH { self.flush() } else { Ok(()) }
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.index.write()?;
+        for (local, is_change) in self.pending.drain(..) {
+            if is_change {
+                batch.put_change(self.target.folder, local)?;
+            } else {
+                batch.put_unchanged(self.target.folder, &local)?;
+            }
+        }
+        batch.commit()
+    }
+
+    fn finish(mut self) -> Result<ScanSummary, StoreError> {
+        self.flush()?;
+        Ok(self.summary)
+    }
+}
+
+/// Totals of the live records after the scan.
+fn count_live(index: &Index, folder: &str, summary: &mut ScanSummary) -> Result<(), StoreError> {
+    index.for_each_record(folder, |local| {
+        let r = &local.record;
+        if r.deleted {
+            return;
+        }
+        match r.kind {
+            EntryKind::File => {
+                summary.files += 1;
+                summary.bytes += r.size;
+            }
+            EntryKind::Dir => summary.dirs += 1,
+            EntryKind::Symlink => summary.symlinks += 1,
+        }
+    })
+}

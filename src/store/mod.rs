@@ -1,0 +1,308 @@
+//! The index: one redb database per home holding every folder's local file records, the
+//! sequence index of local changes, where each chunk lies locally, and folder metadata.
+//!
+//! This is the only module that imports redb. Writes go through a [`WriteBatch`] — one redb
+//! transaction committed durably — so callers batch hundreds of records per fsync instead of
+//! paying a durable commit per file. The scanner commits a record only after reading the
+//! bytes it describes, so the index never claims content the disk did not have.
+
+mod records;
+mod stat;
+mod tables;
+
+use std::path::Path;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use tandem_proto::model::{FileRecord, Hash, RelPath};
+
+pub use records::{FolderMeta, LocalRecord, RecordError};
+pub use stat::StatKey;
+use tables::{CHUNKS, FILES, FOLDERS, SEQUENCES};
+
+/// Why the index could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb reported an error (IO, corruption, locking).
+    #[error("index database: {0}")]
+    Db(#[from] redb::Error),
+    /// A stored value could not be decoded.
+    #[error("index entry {folder}/{key}: {source}")]
+    Corrupt {
+        /// Folder id.
+        folder: String,
+        /// Path or key of the bad entry.
+        key: String,
+        /// What is wrong with it.
+        source: RecordError,
+    },
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+/// Where one chunk can be read locally.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkLocation {
+    /// Folder id.
+    pub folder: String,
+    /// Path inside the folder.
+    pub path: String,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Chunk length.
+    pub len: u32,
+}
+
+/// The index database.
+pub struct Index {
+    db: Database,
+}
+
+impl Index {
+    /// Opens the index at `path`, creating it if needed.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(FILES).map_err(db_err)?;
+            txn.open_table(SEQUENCES).map_err(db_err)?;
+            txn.open_multimap_table(CHUNKS).map_err(db_err)?;
+            txn.open_table(FOLDERS).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(Self { db })
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        self.db.begin_read().map_err(db_err)
+    }
+
+    /// Calls `visit` for every record of `folder` in path order.
+    pub fn for_each_record(
+        &self,
+        folder: &str,
+        mut visit: impl FnMut(LocalRecord),
+    ) -> Result<(), StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(FILES).map_err(db_err)?;
+        for entry in table.range((folder, "")..).map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            let (entry_folder, path) = key.value();
+            if entry_folder != folder {
+                break;
+            }
+            visit(decode_entry(folder, path, value.value())?);
+        }
+        Ok(())
+    }
+
+    /// Every record of `folder`, in path order.
+    pub fn records(&self, folder: &str) -> Result<Vec<LocalRecord>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_record(folder, |r| out.push(r))?;
+        Ok(out)
+    }
+
+    /// The record of one path.
+    pub fn record(&self, folder: &str, path: &RelPath) -> Result<Option<LocalRecord>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(FILES).map_err(db_err)?;
+        let value = table.get((folder, path.as_str())).map_err(db_err)?;
+        value.map(|v| decode_entry(folder, path.as_str(), v.value())).transpose()
+    }
+
+    /// Records changed after `since`, in sequence order (for incremental index exchange).
+    pub fn changes_since(&self, folder: &str, since: u64) -> Result<Vec<LocalRecord>, StoreError> {
+        let txn = self.read()?;
+        let seqs = txn.open_table(SEQUENCES).map_err(db_err)?;
+        let files = txn.open_table(FILES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in
+            seqs.range((folder, since.saturating_add(1))..=(folder, u64::MAX)).map_err(db_err)?
+        {
+            let (_, path) = entry.map_err(db_err)?;
+            let path = path.value();
+            if let Some(value) = files.get((folder, path)).map_err(db_err)? {
+                out.push(decode_entry(folder, path, value.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where the chunk with `hash` lies locally.
+    pub fn chunk_locations(&self, hash: &Hash) -> Result<Vec<ChunkLocation>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_multimap_table(CHUNKS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for value in table.get(hash.as_bytes().as_slice()).map_err(db_err)? {
+            let value = value.map_err(db_err)?;
+            let (folder, path, offset, len) = value.value();
+            out.push(ChunkLocation { folder: folder.into(), path: path.into(), offset, len });
+        }
+        Ok(out)
+    }
+
+    /// The folder's metadata, if it was ever written.
+    pub fn folder_meta(&self, folder: &str) -> Result<Option<FolderMeta>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(FOLDERS).map_err(db_err)?;
+        let value = table.get(folder).map_err(db_err)?;
+        value.map(|v| decode_meta_entry(folder, v.value())).transpose()
+    }
+
+    /// Starts a batch of writes, committed durably by [`WriteBatch::commit`].
+    pub fn write(&self) -> Result<WriteBatch, StoreError> {
+        Ok(WriteBatch { txn: self.db.begin_write().map_err(db_err)? })
+    }
+}
+
+fn decode_entry(folder: &str, path: &str, bytes: &[u8]) -> Result<LocalRecord, StoreError> {
+    let corrupt = |source| StoreError::Corrupt { folder: folder.into(), key: path.into(), source };
+    let rel = RelPath::new(path).map_err(|e| {
+        corrupt(RecordError::Codec(tandem_proto::codec::CodecError::Malformed(e.to_string())))
+    })?;
+    records::decode_file(rel, bytes).map_err(corrupt)
+}
+
+fn decode_meta_entry(folder: &str, bytes: &[u8]) -> Result<FolderMeta, StoreError> {
+    records::decode_meta(bytes).map_err(|source| StoreError::Corrupt {
+        folder: folder.into(),
+        key: "(folder metadata)".into(),
+        source,
+    })
+}
+
+/// One durable write transaction.
+pub struct WriteBatch {
+    txn: WriteTransaction,
+}
+
+impl WriteBatch {
+    /// Stores a new version of a path made by a local change, giving it the folder's next
+    /// sequence number; returns that number. The chunk and sequence tables follow.
+    pub fn put_change(&mut self, folder: &str, mut local: LocalRecord) -> Result<u64, StoreError> {
+        let mut meta = self.meta(folder)?;
+        local.record.sequence = meta.next_sequence;
+        meta.next_sequence += 1;
+        self.put_meta(folder, &meta)?;
+        self.replace(folder, &local, true)?;
+        Ok(local.record.sequence)
+    }
+
+    /// Stores a record as given, keeping its sequence number: for stat-only updates, where
+    /// nothing a peer sees has changed.
+    pub fn put_unchanged(&mut self, folder: &str, local: &LocalRecord) -> Result<(), StoreError> {
+        self.replace(folder, local, false)
+    }
+
+    /// Removes every trace of a folder.
+    pub fn remove_folder(&mut self, folder: &str) -> Result<(), StoreError> {
+        let mut records = Vec::new();
+        {
+            let files = self.txn.open_table(FILES).map_err(db_err)?;
+            for entry in files.range((folder, "")..).map_err(db_err)? {
+                let (key, value) = entry.map_err(db_err)?;
+                let (entry_folder, path) = key.value();
+                if entry_folder != folder {
+                    break;
+                }
+                records.push(decode_entry(folder, path, value.value())?);
+            }
+        }
+        for local in &records {
+            self.unlink(folder, &local.record)?;
+            let mut files = self.txn.open_table(FILES).map_err(db_err)?;
+            files.remove((folder, local.record.path.as_str())).map_err(db_err)?;
+        }
+        let mut folders = self.txn.open_table(FOLDERS).map_err(db_err)?;
+        folders.remove(folder).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Makes the batch durable.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.txn.commit().map_err(db_err)
+    }
+
+    fn meta(&self, folder: &str) -> Result<FolderMeta, StoreError> {
+        let table = self.txn.open_table(FOLDERS).map_err(db_err)?;
+        let value = table.get(folder).map_err(db_err)?;
+        match value {
+            Some(v) => decode_meta_entry(folder, v.value()),
+            None => Ok(FolderMeta { next_sequence: 1, index_id: new_index_id(folder) }),
+        }
+    }
+
+    fn put_meta(&mut self, folder: &str, meta: &FolderMeta) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(FOLDERS).map_err(db_err)?;
+        table.insert(folder, records::encode_meta(meta).as_slice()).map_err(db_err)?;
+        Ok(())
+    }
+
+    fn replace(
+        &mut self,
+        folder: &str,
+        local: &LocalRecord,
+        reindex: bool,
+    ) -> Result<(), StoreError> {
+        let path = local.record.path.as_str();
+        if reindex {
+            let old = {
+                let files = self.txn.open_table(FILES).map_err(db_err)?;
+                let value = files.get((folder, path)).map_err(db_err)?;
+                value.map(|v| decode_entry(folder, path, v.value())).transpose()?
+            };
+            if let Some(old) = old {
+                self.unlink(folder, &old.record)?;
+            }
+            self.link(folder, &local.record)?;
+        }
+        let mut files = self.txn.open_table(FILES).map_err(db_err)?;
+        files.insert((folder, path), records::encode_file(local).as_slice()).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Adds a record's sequence and chunk entries.
+    fn link(&mut self, folder: &str, record: &FileRecord) -> Result<(), StoreError> {
+        let path = record.path.as_str();
+        let mut seqs = self.txn.open_table(SEQUENCES).map_err(db_err)?;
+        seqs.insert((folder, record.sequence), path).map_err(db_err)?;
+        if record.deleted {
+            return Ok(());
+        }
+        let mut chunks = self.txn.open_multimap_table(CHUNKS).map_err(db_err)?;
+        for chunk in &record.chunks {
+            let location = (folder, path, chunk.offset, chunk.len);
+            chunks.insert(chunk.hash.as_bytes().as_slice(), location).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a record's sequence and chunk entries.
+    fn unlink(&mut self, folder: &str, record: &FileRecord) -> Result<(), StoreError> {
+        let path = record.path.as_str();
+        let mut seqs = self.txn.open_table(SEQUENCES).map_err(db_err)?;
+        seqs.remove((folder, record.sequence)).map_err(db_err)?;
+        let mut chunks = self.txn.open_multimap_table(CHUNKS).map_err(db_err)?;
+        for chunk in &record.chunks {
+            let location = (folder, path, chunk.offset, chunk.len);
+            chunks.remove(chunk.hash.as_bytes().as_slice(), location).map_err(db_err)?;
+        }
+        Ok(())
+    }
+}
+
+/// A fresh index id: unique per folder incarnation, derived from the folder, the time and
+/// the process (no randomness is needed, only distinctness).
+fn new_index_id(folder: &str) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let seed = format!("{folder}\0{now}\0{}", std::process::id());
+    let digest = blake3::hash(seed.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}

@@ -1,0 +1,210 @@
+//! Versioned envelopes for stored values: one format byte, then the body encoded by
+//! `tandem_proto::codec`. A newer tandem reads every older format; an unknown format byte is
+//! reported as corruption, never guessed at.
+//!
+//! The stored file body leaves out what the key already says (the path) and what can be
+//! derived (chunk offsets; the chunk list of a single-chunk file), to keep the index small.
+
+use serde::{Deserialize, Serialize};
+use tandem_proto::codec;
+use tandem_proto::model::{ChunkRef, EntryKind, FileRecord, Hash, RelPath, ShortId, VersionVector};
+
+use crate::store::StatKey;
+
+/// The format byte written by this version.
+const FORMAT_V1: u8 = 1;
+
+/// A file record as this replica holds it: the record it announces plus the stat tuple the
+/// scanner's fast path compares against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalRecord {
+    /// The record announced to peers.
+    pub record: FileRecord,
+    /// The inode facts seen when the record was made.
+    pub stat: StatKey,
+}
+
+/// Per-folder bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderMeta {
+    /// The sequence number the next local change gets.
+    pub next_sequence: u64,
+    /// Identifies this incarnation of the folder's index; a peer seeing a new one knows our
+    /// sequence numbers restarted.
+    pub index_id: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredFileV1 {
+    kind: EntryKind,
+    size: u64,
+    mtime_ns: i64,
+    mode: u32,
+    symlink_target: Option<String>,
+    hash: Hash,
+    /// (length, hash) per chunk; empty for a file that is one chunk (its hash is `hash`).
+    chunks: Vec<(u32, Hash)>,
+    version: VersionVector,
+    sequence: u64,
+    deleted: bool,
+    modified_by: ShortId,
+    stat: StatKey,
+}
+
+/// Why a stored value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The value is empty.
+    #[error("empty stored value")]
+    Empty,
+    /// Written by a newer tandem, or damaged.
+    #[error("unknown stored format {0}")]
+    UnknownFormat(u8),
+    /// The body does not decode.
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+}
+
+/// Encodes a local record for the FILES table.
+pub(crate) fn encode_file(local: &LocalRecord) -> Vec<u8> {
+    let r = &local.record;
+    let single = r.kind == EntryKind::File && r.chunks.len() == 1 && r.chunks[0].hash == r.hash;
+    let chunks =
+        if single { Vec::new() } else { r.chunks.iter().map(|c| (c.len, c.hash)).collect() };
+    let body = StoredFileV1 {
+        kind: r.kind,
+        size: r.size,
+        mtime_ns: r.mtime_ns,
+        mode: r.mode,
+        symlink_target: r.symlink_target.clone(),
+        hash: r.hash,
+        chunks,
+        version: r.version.clone(),
+        sequence: r.sequence,
+        deleted: r.deleted,
+        modified_by: r.modified_by,
+        stat: local.stat,
+    };
+    envelope(FORMAT_V1, &body)
+}
+
+/// Decodes a FILES value stored under `path`.
+pub(crate) fn decode_file(path: RelPath, bytes: &[u8]) -> Result<LocalRecord, RecordError> {
+    let body: StoredFileV1 = open_envelope(bytes)?;
+    let mut offset = 0u64;
+    let mut chunks: Vec<ChunkRef> = body
+        .chunks
+        .iter()
+        .map(|&(len, hash)| {
+            let chunk = ChunkRef { offset, len, hash };
+            offset += u64::from(len);
+            chunk
+        })
+        .collect();
+    if chunks.is_empty() && body.kind == EntryKind::File && body.size > 0 && !body.deleted {
+        let len = u32::try_from(body.size).unwrap_or(u32::MAX);
+        chunks.push(ChunkRef { offset: 0, len, hash: body.hash });
+    }
+    let record = FileRecord {
+        path,
+        kind: body.kind,
+        size: body.size,
+        mtime_ns: body.mtime_ns,
+        mode: body.mode,
+        symlink_target: body.symlink_target,
+        hash: body.hash,
+        chunks,
+        version: body.version,
+        sequence: body.sequence,
+        deleted: body.deleted,
+        modified_by: body.modified_by,
+    };
+    Ok(LocalRecord { record, stat: body.stat })
+}
+
+/// Encodes folder metadata.
+pub(crate) fn encode_meta(meta: &FolderMeta) -> Vec<u8> {
+    envelope(FORMAT_V1, meta)
+}
+
+/// Decodes folder metadata.
+pub(crate) fn decode_meta(bytes: &[u8]) -> Result<FolderMeta, RecordError> {
+    open_envelope(bytes)
+}
+
+fn envelope<T: Serialize>(format: u8, body: &T) -> Vec<u8> {
+    let mut out = vec![format];
+    out.extend(codec::encode(body));
+    out
+}
+
+fn open_envelope<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordError> {
+    match bytes.split_first() {
+        None => Err(RecordError::Empty),
+        Some((&FORMAT_V1, body)) => Ok(codec::decode(body)?),
+        Some((&other, _)) => Err(RecordError::UnknownFormat(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(chunks: Vec<ChunkRef>, hash: Hash, size: u64) -> LocalRecord {
+        let record = FileRecord {
+            path: RelPath::new("a/b.txt").unwrap(),
+            kind: EntryKind::File,
+            size,
+            mtime_ns: 1_700_000_000_123_456_789,
+            mode: 0o644,
+            symlink_target: None,
+            hash,
+            chunks,
+            version: VersionVector::new().bumped(ShortId::new(42), 1_700_000_000),
+            sequence: 9,
+            deleted: false,
+            modified_by: ShortId::new(42),
+        };
+        LocalRecord {
+            record,
+            stat: StatKey { size, mtime_ns: 1, ctime_ns: 2, ino: 3, mode: 0o100644 },
+        }
+    }
+
+    #[test]
+    fn records_round_trip_with_and_without_chunk_lists() {
+        let h = Hash::of(b"x");
+        let single = sample(vec![ChunkRef { offset: 0, len: 100, hash: h }], h, 100);
+        let multi = sample(
+            vec![
+                ChunkRef { offset: 0, len: 60, hash: Hash::of(b"1") },
+                ChunkRef { offset: 60, len: 40, hash: Hash::of(b"2") },
+            ],
+            h,
+            100,
+        );
+        let empty = sample(vec![], Hash::of(b""), 0);
+        for local in [single, multi, empty] {
+            let bytes = encode_file(&local);
+            assert_eq!(decode_file(local.record.path.clone(), &bytes).unwrap(), local);
+        }
+    }
+
+    #[test]
+    fn a_small_file_record_stays_small() {
+        let h = Hash::of(b"x");
+        let bytes = encode_file(&sample(vec![ChunkRef { offset: 0, len: 100, hash: h }], h, 100));
+        assert!(bytes.len() < 120, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn unknown_formats_and_garbage_are_errors() {
+        let path = RelPath::new("x").unwrap();
+        assert!(matches!(decode_file(path.clone(), &[]), Err(RecordError::Empty)));
+        assert!(matches!(
+            decode_file(path.clone(), &[9, 1, 2]),
+            Err(RecordError::UnknownFormat(9))
+        ));
+        assert!(decode_file(path, &[1, 0xFF, 0xFF]).is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! `StatKey`, the scanner's fast path: a file whose (size, mtime ns, ctime ns, inode, mode)
+//! tuple is unchanged since the last scan is not read again. The index stores one per path.
+//!
+//! ctime is in the key because tools (`touch -r`, `rsync -t`, `cp -p`) restore mtime after
+//! writing: the content changed but mtime did not, and only ctime tells. This module is pure:
+//! it builds and compares tuples; the walker collects them.
+
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+
+use serde::{Deserialize, Serialize};
+
+/// What the scanner remembers about an entry's inode to skip rereading it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatKey {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Inode change time, ns since the epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+    /// Full `st_mode` (type and permission bits).
+    pub mode: u32,
+}
+
+impl StatKey {
+    /// The key of an `lstat`/`fstat` result.
+    pub fn from_metadata(meta: &Metadata) -> Self {
+        Self {
+            size: meta.size(),
+            mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+            ctime_ns: meta.ctime().saturating_mul(1_000_000_000).saturating_add(meta.ctime_nsec()),
+            ino: meta.ino(),
+            mode: meta.mode(),
+        }
+    }
+
+    /// Permission bits only (`0o7777`).
+    pub fn permissions(&self) -> u32 {
+        self.mode & 0o7777
+    }
+
+    /// True when the stored key says the entry is exactly as last scanned.
+    pub fn unchanged(&self, stored: &Self) -> bool {
+        self == stored
+    }
+
+    /// True when an open file still is the version a stat described: same inode, size and
+    /// mtime (ctime is left out: reading may not change it, but `chmod` during a read may).
+    pub fn same_file_version(&self, other: &Self) -> bool {
+        self.ino == other.ino && self.size == other.size && self.mtime_ns == other.mtime_ns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> StatKey {
+        StatKey { size: 10, mtime_ns: 5, ctime_ns: 6, ino: 7, mode: 0o100644 }
+    }
+
+    #[test]
+    fn any_field_change_defeats_the_fast_path() {
+        let base = key();
+        assert!(base.unchanged(&key()));
+        for changed in [
+            StatKey { size: 11, ..base },
+            StatKey { mtime_ns: 9, ..base },
+            StatKey { ctime_ns: 9, ..base },
+            StatKey { ino: 9, ..base },
+            StatKey { mode: 0o100600, ..base },
+        ] {
+            assert!(!changed.unchanged(&base), "{changed:?}");
+        }
+    }
+
+    #[test]
+    fn a_chmod_during_a_read_is_not_a_content_change() {
+        let after = StatKey { ctime_ns: 99, mode: 0o100600, ..key() };
+        assert!(after.same_file_version(&key()));
+        assert!(!StatKey { size: 1, ..key() }.same_file_version(&key()));
+    }
+}

@@ -1,0 +1,23 @@
+//! redb table definitions and their key layouts. Table names carry a version suffix: a
+//! layout change adds a new table and a migration, never reinterprets old bytes.
+//!
+//! Keys use redb's own tuple, `&str` and `u64` encodings, which order by (folder, path) in
+//! byte order and by (folder, sequence) numerically.
+
+use redb::{MultimapTableDefinition, TableDefinition};
+
+/// (folder id, path) → encoded [`crate::store::LocalRecord`] (see `records.rs`).
+pub(crate) const FILES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("files_v1");
+
+/// (folder id, local sequence) → path: the changes in the order they happened, for
+/// incremental index exchange.
+pub(crate) const SEQUENCES: TableDefinition<'_, (&str, u64), &str> =
+    TableDefinition::new("sequences_v1");
+
+/// chunk hash (32 bytes) → (folder id, path, offset, length): where a chunk lies locally, so a
+/// transfer can copy it instead of downloading it.
+pub(crate) const CHUNKS: MultimapTableDefinition<'_, &[u8], (&str, &str, u64, u32)> =
+    MultimapTableDefinition::new("chunks_v1");
+
+/// folder id → encoded [`crate::store::FolderMeta`].
+pub(crate) const FOLDERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("folders_v1");
