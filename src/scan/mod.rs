@@ -29,6 +29,9 @@ const BATCH: usize = 1000;
 const HASH_ATTEMPTS: usize = 3;
 /// Hash worker threads.
 const WORKERS: usize = 2;
+/// Entries modified less than this long before they were read are read again next scan:
+/// a change within the same filesystem timestamp tick would otherwise go unseen.
+const RACY_WINDOW_NS: i64 = 2_000_000_000;
 
 /// Why a scan could not run at all (per-path problems are [`ScanIssue`]s instead).
 #[derive(Debug, thiserror::Error)]
@@ -258,11 +261,12 @@ fn hash_job(hasher: &mut FileHasher, mut job: HashJob) -> Found {
     for _ in 0..HASH_ATTEMPTS {
         match hasher.hash_file(&job.abs, &job.stat) {
             Ok(hashed) => {
-                let mut record = draft(job.path, EntryKind::File, job.stat);
+                let stat = job.stat.with_racy_check(now_ns(), RACY_WINDOW_NS);
+                let mut record = draft(job.path, EntryKind::File, stat);
                 record.size = hashed.size;
                 record.hash = hashed.hash;
                 record.chunks = hashed.chunks;
-                return Found::Entry(Box::new(LocalRecord { record, stat: job.stat }));
+                return Found::Entry(Box::new(LocalRecord { record, stat }));
             }
             Err(HashError::Changed) => match fs::symlink_metadata(&job.abs) {
                 Ok(meta) if meta.is_file() => job.stat = StatKey::from_metadata(&meta),
@@ -273,6 +277,11 @@ fn hash_job(hasher: &mut FileHasher, mut job: HashJob) -> Found {
         }
     }
     issue(&job.path, "kept changing while being read; will retry on the next scan")
+}
+
+fn now_ns() -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// The writing side: decides new/changed/unchanged against the index and commits in batches.

@@ -167,7 +167,7 @@ mod tests {
         };
         LocalRecord {
             record,
-            stat: StatKey { size, mtime_ns: 1, ctime_ns: 2, ino: 3, mode: 0o100644 },
+            stat: StatKey { size, mtime_ns: 1, ctime_ns: 2, ino: 3, mode: 0o100644, racy: false },
         }
     }
 

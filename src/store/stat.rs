@@ -23,6 +23,9 @@ pub struct StatKey {
     pub ino: u64,
     /// Full `st_mode` (type and permission bits).
     pub mode: u32,
+    /// The entry was modified so recently that a further change within the same timestamp
+    /// tick would be invisible ("racy", as git calls it): the next scan must read it again.
+    pub racy: bool,
 }
 
 impl StatKey {
@@ -34,7 +37,14 @@ impl StatKey {
             ctime_ns: meta.ctime().saturating_mul(1_000_000_000).saturating_add(meta.ctime_nsec()),
             ino: meta.ino(),
             mode: meta.mode(),
+            racy: false,
         }
+    }
+
+    /// This key, marked racy when its mtime or ctime is within `window_ns` of `now_ns`.
+    pub fn with_racy_check(mut self, now_ns: i64, window_ns: i64) -> Self {
+        self.racy = now_ns.saturating_sub(self.mtime_ns.max(self.ctime_ns)) < window_ns;
+        self
     }
 
     /// Permission bits only (`0o7777`).
@@ -44,7 +54,12 @@ impl StatKey {
 
     /// True when the stored key says the entry is exactly as last scanned.
     pub fn unchanged(&self, stored: &Self) -> bool {
-        self == stored
+        !stored.racy
+            && self.size == stored.size
+            && self.mtime_ns == stored.mtime_ns
+            && self.ctime_ns == stored.ctime_ns
+            && self.ino == stored.ino
+            && self.mode == stored.mode
     }
 
     /// True when an open file still is the version a stat described: same inode, size and
@@ -59,7 +74,7 @@ mod tests {
     use super::*;
 
     fn key() -> StatKey {
-        StatKey { size: 10, mtime_ns: 5, ctime_ns: 6, ino: 7, mode: 0o100644 }
+        StatKey { size: 10, mtime_ns: 5, ctime_ns: 6, ino: 7, mode: 0o100644, racy: false }
     }
 
     #[test]
@@ -75,6 +90,14 @@ mod tests {
         ] {
             assert!(!changed.unchanged(&base), "{changed:?}");
         }
+    }
+
+    #[test]
+    fn a_racy_entry_is_always_read_again() {
+        let stored = key().with_racy_check(6, 1_000);
+        assert!(stored.racy);
+        assert!(!key().unchanged(&stored));
+        assert!(!key().with_racy_check(10_000, 1_000).racy);
     }
 
     #[test]
