@@ -65,8 +65,7 @@ fn a_mistyped_device_id_is_a_clear_error() {
     assert!(err.contains("checksum"), "{err}");
     let err = me.fails(&["peer", "add", "ABC-DEF", "--addr", "127.0.0.1:1"], 1);
     assert!(err.contains("expected 56"), "{err}");
-    let err =
-        me.fails(&["peer", "add", &other.ok(&["id"]).trim().to_string(), "--addr", "nowhere"], 1);
+    let err = me.fails(&["peer", "add", other.ok(&["id"]).trim(), "--addr", "nowhere"], 1);
     assert!(err.contains("HOST:PORT"), "{err}");
     assert_eq!(json(&me.ok(&["peer", "list", "--json"])), Value::Array(vec![]));
 }

@@ -3,6 +3,8 @@
 //! Each module is a user-visible area; `support` builds homes and folders and runs the
 //! binary. Slow variants are gated by environment variables, never `#[ignore]`.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod cli;
 mod scan;
 mod support;

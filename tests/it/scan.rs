@@ -292,7 +292,7 @@ fn a_file_rewritten_during_the_scan_is_never_recorded_half_read() {
             let mut round = 1u8;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 // each version is one byte value repeated, and the size alternates
-                let size = if round % 2 == 0 { SIZE } else { SIZE + 4096 };
+                let size = if round.is_multiple_of(2) { SIZE } else { SIZE + 4096 };
                 fs::write(&path, vec![round; size]).unwrap();
                 round = round.wrapping_add(1).max(1);
             }

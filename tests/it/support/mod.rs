@@ -7,57 +7,57 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 /// One device: a temp dir holding its home and (usually) a folder.
-pub struct Device {
-    pub dir: TempDir,
+pub(crate) struct Device {
+    pub(crate) dir: TempDir,
 }
 
 impl Device {
     /// A device with no identity yet.
-    pub fn bare() -> Self {
+    pub(crate) fn bare() -> Self {
         Self { dir: tempfile::tempdir().expect("temp dir") }
     }
 
     /// A device after `tandem init`.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let device = Self::bare();
         device.ok(&["init", "--name", "test"]);
         device
     }
 
     /// A device with a folder `docs` at `<dir>/docs`, already added.
-    pub fn with_folder() -> Self {
+    pub(crate) fn with_folder() -> Self {
         let device = Self::new();
         std::fs::create_dir(device.folder()).expect("mkdir docs");
         device.ok(&["folder", "add", "docs", device.folder().to_str().expect("utf-8")]);
         device
     }
 
-    pub fn home(&self) -> PathBuf {
+    pub(crate) fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
 
-    pub fn folder(&self) -> PathBuf {
+    pub(crate) fn folder(&self) -> PathBuf {
         self.dir.path().join("docs")
     }
 
     /// A path inside the folder.
-    pub fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.folder().join(rel)
     }
 
-    pub fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
         cmd.env("TANDEM_HOME", self.home()).env_remove("RUST_LOG");
         cmd
     }
 
     /// Runs tandem with `args`.
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.command().args(args).output().expect("run tandem")
     }
 
     /// Runs tandem, asserts success, returns stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
             out.status.success(),
@@ -70,7 +70,7 @@ impl Device {
     }
 
     /// Runs tandem, asserts it failed with `code`, returns stderr.
-    pub fn fails(&self, args: &[&str], code: i32) -> String {
+    pub(crate) fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.run(args);
         assert_eq!(
             out.status.code(),
@@ -83,7 +83,7 @@ impl Device {
     }
 
     /// `tandem scan docs`: returns (stdout, stderr).
-    pub fn scan(&self) -> (String, String) {
+    pub(crate) fn scan(&self) -> (String, String) {
         let out = self.run(&["scan", "docs"]);
         assert!(out.status.success(), "scan failed: {}", String::from_utf8_lossy(&out.stderr));
         (
@@ -93,7 +93,7 @@ impl Device {
     }
 
     /// `tandem ls docs --json`, as a list of entries.
-    pub fn ls(&self) -> Vec<Value> {
+    pub(crate) fn ls(&self) -> Vec<Value> {
         let text = self.ok(&["ls", "docs", "--json"]);
         match serde_json::from_str(&text).expect("ls --json is JSON") {
             Value::Array(entries) => entries,
@@ -102,12 +102,12 @@ impl Device {
     }
 
     /// The `ls` entry for `path`, if any.
-    pub fn entry(&self, path: &str) -> Option<Value> {
+    pub(crate) fn entry(&self, path: &str) -> Option<Value> {
         self.ls().into_iter().find(|e| e["path"] == path)
     }
 
     /// The live (not deleted) paths in the index, sorted.
-    pub fn live_paths(&self) -> Vec<String> {
+    pub(crate) fn live_paths(&self) -> Vec<String> {
         let mut paths: Vec<String> = self
             .ls()
             .iter()
@@ -119,7 +119,7 @@ impl Device {
     }
 
     /// Writes a file, creating parent directories.
-    pub fn write(&self, rel: &str, data: &[u8]) {
+    pub(crate) fn write(&self, rel: &str, data: &[u8]) {
         let path = self.path(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).expect("mkdir -p");
@@ -129,14 +129,14 @@ impl Device {
 }
 
 /// BLAKE3 of a file as hex, as `b3sum` prints it.
-pub fn b3sum(path: &Path) -> String {
+pub(crate) fn b3sum(path: &Path) -> String {
     let mut hasher = blake3::Hasher::new();
     hasher.update_reader(std::fs::File::open(path).expect("open")).expect("read");
     hasher.finalize().to_hex().to_string()
 }
 
 /// The counter sum of an entry's version vector, to see that it moved.
-pub fn version_of(entry: &Value) -> Vec<(String, u64)> {
+pub(crate) fn version_of(entry: &Value) -> Vec<(String, u64)> {
     entry["version"]
         .as_array()
         .expect("version array")
@@ -151,7 +151,7 @@ pub fn version_of(entry: &Value) -> Vec<(String, u64)> {
 }
 
 /// True when running as root (permission tests then drop privileges with setpriv).
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
