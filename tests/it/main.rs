@@ -8,3 +8,4 @@
 mod cli;
 mod scan;
 mod support;
+mod tidy;

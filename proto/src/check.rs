@@ -1,0 +1,81 @@
+//! Robustness checks shared by the fuzz targets (`fuzz/`) and the normal test suite.
+//!
+//! Each `check_*` function takes arbitrary bytes, feeds them to a decoder that faces peer or
+//! disk input, and asserts the properties that must hold for any input: no panic, and a
+//! value that decodes re-encodes to the same meaning. The fuzz targets are three-line shims
+//! over these, and proptests run them on stable so CI exercises them without a fuzzer.
+
+use crate::codec;
+use crate::model::{DeviceId, FileRecord, RelPath, VersionVector};
+
+/// Any text either is refused as a path or is a path whose invariants hold.
+pub fn check_rel_path(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(path) = RelPath::new(text) {
+        assert!(!path.as_str().starts_with('/'));
+        assert!(path.components().all(|c| !c.is_empty() && c != "." && c != ".."));
+        assert!(!path.as_str().contains('\0'));
+        let decoded: RelPath =
+            codec::decode(&codec::encode(&path)).expect("a valid path round-trips");
+        assert_eq!(decoded, path);
+    }
+}
+
+/// Any bytes either fail to decode as a record or decode to one that round-trips.
+pub fn check_record_decode(data: &[u8]) {
+    if let Ok(record) = codec::decode::<FileRecord>(data) {
+        let again: FileRecord = codec::decode(&codec::encode(&record)).expect("re-decode");
+        assert_eq!(again, record);
+    }
+}
+
+/// Any bytes either fail to decode as a version vector or decode to a normalized one.
+pub fn check_version_decode(data: &[u8]) {
+    if let Ok(vector) = codec::decode::<VersionVector>(data) {
+        let counters = vector.counters();
+        assert!(counters.windows(2).all(|w| w[0].id < w[1].id), "sorted and unique");
+        assert!(counters.iter().all(|c| c.value > 0), "no zero counters");
+    }
+}
+
+/// Any text either is refused as a device id or parses to an id that prints back the same.
+pub fn check_device_id(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(id) = text.parse::<DeviceId>() {
+        assert_eq!(id.to_string().parse::<DeviceId>(), Ok(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn rel_path_check_holds_for_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            check_rel_path(&data);
+        }
+
+        #[test]
+        fn rel_path_check_holds_for_path_like_text(text in "[a-z./\\\\\0 ]{0,40}") {
+            check_rel_path(text.as_bytes());
+        }
+
+        #[test]
+        fn record_decode_check_holds_for_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            check_record_decode(&data);
+        }
+
+        #[test]
+        fn version_decode_check_holds_for_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..100)) {
+            check_version_decode(&data);
+        }
+
+        #[test]
+        fn device_id_check_holds_for_any_text(text in "[A-Z2-7a-z-]{0,70}") {
+            check_device_id(text.as_bytes());
+        }
+    }
+}
