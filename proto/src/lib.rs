@@ -14,6 +14,7 @@ pub mod check;
 pub mod codec;
 pub mod model;
 pub mod rules;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;

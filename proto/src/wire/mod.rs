@@ -1,0 +1,15 @@
+//! Bytes on the wire: the messages two peers exchange and how they are framed.
+//!
+//! Everything a second implementation needs is here and in `proto/PROTOCOL.md`, which is
+//! normative. Decoding never panics and never allocates more than [`frame::MAX_FRAME`]
+//! bytes for one frame, whatever a peer sends.
+
+pub mod frame;
+pub mod message;
+
+pub use frame::{FrameDecoder, FrameError, MAX_FRAME, decode_frame, encode_frame};
+pub use message::{
+    ALPN, Close, CloseCode, ClusterConfig, ErrorCode, FolderShare, Hello, IndexBatch,
+    MAX_IN_FLIGHT, MAX_INDEX_BATCH, MAX_REQUEST, Message, PROTOCOL_VERSION, Request, Response,
+    ResponseBody,
+};
