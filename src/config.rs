@@ -66,6 +66,13 @@ pub struct DeviceConfig {
     pub name: String,
     /// Where to listen for QUIC (UDP).
     pub listen: String,
+    /// Seconds between full rescans of every folder while serving.
+    #[serde(default = "default_rescan_secs")]
+    pub rescan_secs: u64,
+}
+
+fn default_rescan_secs() -> u64 {
+    10
 }
 
 /// A trusted peer.
@@ -99,7 +106,8 @@ pub struct FolderConfig {
 impl Config {
     /// A fresh config for a new device.
     pub fn new(name: String, listen: String) -> Self {
-        Self { device: DeviceConfig { name, listen }, peers: Vec::new(), folders: Vec::new() }
+        let device = DeviceConfig { name, listen, rescan_secs: default_rescan_secs() };
+        Self { device, peers: Vec::new(), folders: Vec::new() }
     }
 
     /// Loads `config.toml` from `home`.

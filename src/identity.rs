@@ -9,6 +9,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use rcgen::{CertificateParams, KeyPair, PublicKeyData};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tandem_proto::model::DeviceId;
 
 use crate::home::{Home, write_atomic};
@@ -33,6 +35,9 @@ pub enum IdentityError {
     /// Key generation or parsing failed.
     #[error("key or certificate: {0}")]
     Crypto(#[from] rcgen::Error),
+    /// The certificate file is not valid PEM.
+    #[error("certificate: {0}")]
+    Pem(String),
 }
 
 /// A device's key pair and certificate.
@@ -82,6 +87,17 @@ impl Identity {
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
+
+    /// The certificate in DER form, for TLS.
+    pub fn cert_der(&self) -> Result<CertificateDer<'static>, IdentityError> {
+        CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| IdentityError::Pem(e.to_string()))
+    }
+
+    /// The private key in DER (PKCS#8) form, for TLS.
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()))
+    }
 }
 
 fn read(path: &Path) -> Result<String, IdentityError> {
@@ -108,6 +124,13 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(Identity::create(&home), Err(IdentityError::Exists(_))));
         assert_eq!(Identity::load(&home).unwrap().device_id(), created.device_id());
+    }
+
+    #[test]
+    fn the_certificate_carries_the_device_id() {
+        let identity = Identity::generate().unwrap();
+        let from_cert = crate::net::tls::device_of(&identity.cert_der().unwrap()).unwrap();
+        assert_eq!(from_cert, identity.device_id());
     }
 
     #[test]

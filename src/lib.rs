@@ -8,7 +8,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod home;
 pub mod identity;
+pub mod net;
 pub mod scan;
 pub mod store;
+pub mod sync;

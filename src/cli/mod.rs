@@ -3,6 +3,7 @@
 //!
 //! `anyhow` is allowed here and in `main.rs` only: every command ends in one error line.
 
+mod daemon;
 mod local;
 mod setup;
 
@@ -44,6 +45,10 @@ pub enum Command {
     Scan(local::ScanArgs),
     /// List the local index of a folder.
     Ls(local::LsArgs),
+    /// Run the daemon in the foreground until SIGINT/SIGTERM.
+    Serve,
+    /// Sync once: scan, connect, exchange and pull until in sync with every reachable peer.
+    Sync(daemon::SyncArgs),
 }
 
 /// `--json` for listing commands.
@@ -64,6 +69,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Folder(cmd) => setup::folder(&home, cmd),
         Command::Scan(args) => local::scan(&home, args),
         Command::Ls(args) => local::ls(&home, args),
+        Command::Serve => daemon::serve(&home),
+        Command::Sync(args) => daemon::sync(&home, args),
     }
 }
 

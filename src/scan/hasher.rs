@@ -52,6 +52,27 @@ impl ChunkParams {
     }
 }
 
+/// A page-aligned byte buffer (a `Vec` sliced at a 4096-byte boundary, no unsafe).
+pub struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes starting on a page boundary.
+    pub fn new(len: usize) -> Self {
+        let storage = vec![0u8; len + ALIGN];
+        let start = storage.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Self { storage, start, len }
+    }
+
+    /// The buffer.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
 /// The result of hashing one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hashed {
@@ -76,18 +97,19 @@ pub enum HashError {
 
 /// A reusable chunk+hash worker; one per thread, it owns the aligned read buffer.
 pub struct FileHasher {
-    storage: Vec<u8>,
-    start: usize,
-    capacity: usize,
+    buf: AlignedBuf,
 }
 
 impl FileHasher {
     /// A hasher whose buffer holds `capacity` bytes (at least twice the largest chunk).
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(2 * ChunkParams::for_size(u64::MAX).max);
-        let storage = vec![0u8; capacity + ALIGN];
-        let start = storage.as_ptr().align_offset(ALIGN).min(ALIGN);
-        Self { storage, start, capacity }
+        Self { buf: AlignedBuf::new(capacity) }
+    }
+
+    /// The read buffer's size.
+    pub fn capacity(&self) -> usize {
+        self.buf.len
     }
 
     /// Hashes the file at `path`, which a stat just before described as `expected`.
@@ -111,7 +133,7 @@ impl FileHasher {
         let mut filled = 0usize;
         let mut eof = false;
         while !eof {
-            let buf = &mut self.storage[self.start..self.start + self.capacity];
+            let buf = self.buf.bytes_mut();
             let space = buf.len() - filled;
             let read = fill(reader, &mut buf[filled..])?;
             eof = read < space;
@@ -229,7 +251,7 @@ mod tests {
     fn empty_small_and_buffer_sized_inputs_hash_like_b3sum() {
         assert!(check(&[], 0).chunks.is_empty());
         assert_eq!(check(b"x", 0).chunks.len(), 1);
-        let exact = pseudo_random(FileHasher::new(0).capacity, 2);
+        let exact = pseudo_random(FileHasher::new(0).capacity(), 2);
         check(&exact, 0);
     }
 

@@ -15,9 +15,9 @@ use std::path::Path;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 use tandem_proto::model::{FileRecord, Hash, RelPath};
 
-pub use records::{FolderMeta, LocalRecord, RecordError};
+pub use records::{FolderMeta, LocalRecord, PeerMeta, RecordError};
 pub use stat::StatKey;
-use tables::{CHUNKS, FILES, FOLDERS, SEQUENCES};
+use tables::{CHUNKS, FILES, FOLDERS, PEER_FILES, PEER_META, SEQUENCES};
 
 /// Why the index could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,8 @@ impl Index {
             txn.open_table(SEQUENCES).map_err(db_err)?;
             txn.open_multimap_table(CHUNKS).map_err(db_err)?;
             txn.open_table(FOLDERS).map_err(db_err)?;
+            txn.open_table(PEER_FILES).map_err(db_err)?;
+            txn.open_table(PEER_META).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db })
@@ -151,6 +153,51 @@ impl Index {
         value.map(|v| decode_meta_entry(folder, v.value())).transpose()
     }
 
+    /// The records `peer` announced for `folder`, by path.
+    pub fn peer_records(&self, folder: &str, peer: &str) -> Result<Vec<FileRecord>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(PEER_FILES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.range((folder, peer, "")..).map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            let (f, p, path) = key.value();
+            if f != folder || p != peer {
+                break;
+            }
+            let record = records::decode_peer_file(value.value()).map_err(|source| {
+                StoreError::Corrupt { folder: folder.into(), key: format!("{peer}/{path}"), source }
+            })?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// What we hold of `peer`'s records for `folder`.
+    pub fn peer_meta(&self, folder: &str, peer: &str) -> Result<PeerMeta, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(PEER_META).map_err(db_err)?;
+        let value = table.get((folder, peer)).map_err(db_err)?;
+        let decoded = value.map(|v| records::decode_peer_meta(v.value())).transpose();
+        decoded.map(Option::unwrap_or_default).map_err(|source| StoreError::Corrupt {
+            folder: folder.into(),
+            key: peer.into(),
+            source,
+        })
+    }
+
+    /// The folder's metadata, created (with a fresh index id) if it does not exist yet.
+    pub fn ensure_folder(&self, folder: &str) -> Result<FolderMeta, StoreError> {
+        if let Some(meta) = self.folder_meta(folder)? {
+            return Ok(meta);
+        }
+        let batch = self.write()?;
+        let meta = batch.meta(folder)?;
+        let mut batch = batch;
+        batch.put_meta(folder, &meta)?;
+        batch.commit()?;
+        Ok(meta)
+    }
+
     /// Starts a batch of writes, committed durably by [`WriteBatch::commit`].
     pub fn write(&self) -> Result<WriteBatch, StoreError> {
         Ok(WriteBatch { txn: self.db.begin_write().map_err(db_err)? })
@@ -194,6 +241,51 @@ impl WriteBatch {
     /// nothing a peer sees has changed.
     pub fn put_unchanged(&mut self, folder: &str, local: &LocalRecord) -> Result<(), StoreError> {
         self.replace(folder, local, false)
+    }
+
+    /// Stores records `peer` announced for `folder`. With `replace`, everything held from
+    /// that peer for the folder is forgotten first (a full index from a new index id).
+    pub fn put_peer_records(
+        &mut self,
+        folder: &str,
+        peer: &str,
+        index_id: u64,
+        records: &[FileRecord],
+        replace: bool,
+    ) -> Result<(), StoreError> {
+        let mut meta = if replace { PeerMeta::default() } else { self.peer_meta(folder, peer)? };
+        {
+            let mut table = self.txn.open_table(PEER_FILES).map_err(db_err)?;
+            if replace {
+                table
+                    .retain_in((folder, peer, "")..=(folder, peer, "\u{10FFFF}"), |_, _| false)
+                    .map_err(db_err)?;
+            }
+            for record in records {
+                let value = records::encode_peer_file(record);
+                table
+                    .insert((folder, peer, record.path.as_str()), value.as_slice())
+                    .map_err(db_err)?;
+                meta.max_sequence = meta.max_sequence.max(record.sequence);
+            }
+        }
+        meta.index_id = index_id;
+        let mut table = self.txn.open_table(PEER_META).map_err(db_err)?;
+        table
+            .insert((folder, peer), records::encode_peer_meta(&meta).as_slice())
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn peer_meta(&self, folder: &str, peer: &str) -> Result<PeerMeta, StoreError> {
+        let table = self.txn.open_table(PEER_META).map_err(db_err)?;
+        let value = table.get((folder, peer)).map_err(db_err)?;
+        let decoded = value.map(|v| records::decode_peer_meta(v.value())).transpose();
+        decoded.map(Option::unwrap_or_default).map_err(|source| StoreError::Corrupt {
+            folder: folder.into(),
+            key: peer.into(),
+            source,
+        })
     }
 
     /// Removes every trace of a folder.

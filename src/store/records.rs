@@ -34,6 +34,15 @@ pub struct FolderMeta {
     pub index_id: u64,
 }
 
+/// What we hold of one peer's records for one folder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerMeta {
+    /// The peer's index id our copy came from.
+    pub index_id: u64,
+    /// The highest peer sequence we hold.
+    pub max_sequence: u64,
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredFileV1 {
     kind: EntryKind,
@@ -129,6 +138,26 @@ pub(crate) fn encode_meta(meta: &FolderMeta) -> Vec<u8> {
 
 /// Decodes folder metadata.
 pub(crate) fn decode_meta(bytes: &[u8]) -> Result<FolderMeta, RecordError> {
+    open_envelope(bytes)
+}
+
+/// Encodes a record a peer announced.
+pub(crate) fn encode_peer_file(record: &FileRecord) -> Vec<u8> {
+    envelope(FORMAT_V1, record)
+}
+
+/// Decodes a record a peer announced.
+pub(crate) fn decode_peer_file(bytes: &[u8]) -> Result<FileRecord, RecordError> {
+    open_envelope(bytes)
+}
+
+/// Encodes peer metadata.
+pub(crate) fn encode_peer_meta(meta: &PeerMeta) -> Vec<u8> {
+    envelope(FORMAT_V1, meta)
+}
+
+/// Decodes peer metadata.
+pub(crate) fn decode_peer_meta(bytes: &[u8]) -> Result<PeerMeta, RecordError> {
     open_envelope(bytes)
 }
 

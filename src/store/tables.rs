@@ -21,3 +21,11 @@ pub(crate) const CHUNKS: MultimapTableDefinition<'_, &[u8], (&str, &str, u64, u3
 
 /// folder id → encoded [`crate::store::FolderMeta`].
 pub(crate) const FOLDERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("folders_v1");
+
+/// (folder id, peer device id text, path) → encoded `FileRecord` the peer announced.
+pub(crate) const PEER_FILES: TableDefinition<'_, (&str, &str, &str), &[u8]> =
+    TableDefinition::new("peer_files_v1");
+
+/// (folder id, peer device id text) → encoded [`crate::store::PeerMeta`].
+pub(crate) const PEER_META: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("peer_meta_v1");

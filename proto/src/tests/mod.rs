@@ -1,1 +1,3 @@
 //! Crate-level tests: simulation, algebraic laws, golden bytes.
+
+mod sim;

@@ -1,0 +1,246 @@
+//! The daemon: `tandem serve` (run until SIGINT/SIGTERM) and `tandem sync` (run until every
+//! shared folder is in sync with every reachable peer). The composition root: it opens the
+//! index, binds the endpoint, dials peers with backoff, accepts connections, and runs one
+//! runner per folder.
+
+use std::collections::BTreeSet;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_proto::model::DeviceId;
+use tandem_proto::wire::CloseCode;
+
+use crate::config::{Config, ConfigError, PeerConfig};
+use crate::home::Home;
+use crate::identity::{Identity, IdentityError};
+use crate::net::tls::TrustedPeers;
+use crate::net::{ConnectError, Endpoint, peer_device};
+use crate::store::{Index, StoreError};
+use crate::sync::{Inner, folder_in_sync, run_folder, session};
+
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest reconnect delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Config problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Identity problem.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Index problem.
+    #[error("index {path}: {source}")]
+    Store {
+        /// The index file.
+        path: String,
+        /// The cause.
+        source: StoreError,
+    },
+    /// Transport problem.
+    #[error(transparent)]
+    Net(#[from] ConnectError),
+    /// The listen address is not usable.
+    #[error("listen address {0:?} is not IP:PORT")]
+    Listen(String),
+    /// `sync` did not finish in time.
+    #[error("not in sync after {0} s: {1}")]
+    Timeout(u64, String),
+    /// `sync` found no peer to talk to.
+    #[error("no configured peer is reachable")]
+    NoPeer,
+}
+
+/// How the daemon runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// Until a signal.
+    Serve,
+    /// Until in sync, or the timeout.
+    Once {
+        /// Give up after this long.
+        timeout: Duration,
+    },
+}
+
+/// Runs the daemon.
+pub async fn run(home: &Home, mode: Mode) -> Result<(), DaemonError> {
+    let config = Config::load(home)?;
+    let identity = Identity::load(home)?;
+    let index_path = home.index_path();
+    let index = Index::open(&index_path)
+        .map_err(|source| DaemonError::Store { path: index_path.display().to_string(), source })?;
+    let listen: SocketAddr = config
+        .device
+        .listen
+        .parse()
+        .map_err(|_| DaemonError::Listen(config.device.listen.clone()))?;
+    let trusted = TrustedPeers::new(config.peers.iter().map(|p| p.id));
+    let endpoint =
+        Arc::new(Endpoint::bind(listen, identity.cert_der()?, identity.key_der(), trusted)?);
+    tracing::info!(
+        "device {} listening on {}",
+        identity.device_id(),
+        endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    );
+    let rescan = Duration::from_secs(config.device.rescan_secs.max(1));
+    let inner = Arc::new(Inner::new(index, identity.device_id(), home.clone(), config.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(accept_loop(inner.clone(), endpoint.clone()));
+    let attempted = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    for peer in &config.peers {
+        tasks.spawn(dial_loop(inner.clone(), endpoint.clone(), peer.clone(), attempted.clone()));
+    }
+    for folder in &config.folders {
+        tasks.spawn(run_folder(inner.clone(), folder.id.clone(), rescan));
+    }
+    let result = match mode {
+        Mode::Serve => {
+            wait_for_signal().await;
+            Ok(())
+        }
+        Mode::Once { timeout } => wait_in_sync(&inner, &config, &attempted, timeout).await,
+    };
+    endpoint.close(CloseCode::Shutdown.as_u32(), "shutdown");
+    tasks.abort_all();
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    result
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Accepts incoming connections and runs a session for each.
+async fn accept_loop(inner: Arc<Inner>, endpoint: Arc<Endpoint>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => return tracing::debug!("incoming connection failed: {e}"),
+            };
+            match peer_device(&conn) {
+                Ok(peer) => session::run(inner, conn, peer, false).await,
+                Err(e) => tracing::warn!("{e}"),
+            }
+        });
+    }
+}
+
+/// Keeps a connection to `peer` up, dialing with exponential backoff and jitter.
+async fn dial_loop(
+    inner: Arc<Inner>,
+    endpoint: Arc<Endpoint>,
+    peer: PeerConfig,
+    attempted: Arc<std::sync::Mutex<BTreeSet<DeviceId>>>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        if inner.connection(&peer.id).is_none() {
+            match dial(&endpoint, &peer).await {
+                Ok(conn) => {
+                    mark(&attempted, peer.id);
+                    backoff = MIN_BACKOFF;
+                    session::run(inner.clone(), conn, peer.id, true).await;
+                }
+                Err(e) => {
+                    mark(&attempted, peer.id);
+                    tracing::info!("cannot reach {} at {}: {e}", peer.id, peer.addr);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        tokio::time::sleep(jitter(backoff)).await;
+    }
+}
+
+async fn dial(endpoint: &Endpoint, peer: &PeerConfig) -> Result<quinn::Connection, String> {
+    let addrs: Vec<SocketAddr> = peer.addr.to_socket_addrs().map_err(|e| e.to_string())?.collect();
+    let mut last = format!("{} resolves to no address", peer.addr);
+    for addr in addrs {
+        match endpoint.connect(addr, peer.id).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+fn mark(attempted: &std::sync::Mutex<BTreeSet<DeviceId>>, peer: DeviceId) {
+    if let Ok(mut set) = attempted.lock() {
+        set.insert(peer);
+    }
+}
+
+/// `delay` ± 25 %, so peers that lost each other do not redial in lockstep.
+fn jitter(delay: Duration) -> Duration {
+    let random = RandomState::new().hash_one(Instant::now());
+    let factor = 0.75 + (random % 1000) as f64 / 2000.0;
+    delay.mul_f64(factor)
+}
+
+/// Waits until every folder is in sync with every reachable peer.
+async fn wait_in_sync(
+    inner: &Arc<Inner>,
+    config: &Config,
+    attempted: &std::sync::Mutex<BTreeSet<DeviceId>>,
+    timeout: Duration,
+) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let all_attempted =
+            attempted.lock().map(|s| s.len() >= config.peers.len()).unwrap_or(false);
+        let connected: Vec<_> =
+            inner.connected().into_iter().map(|(id, s)| (id, s.shared, s.received_index)).collect();
+        let status = in_sync_status(inner, config, &connected);
+        match status {
+            Ok(()) if all_attempted && !connected.is_empty() => return Ok(()),
+            Ok(()) if all_attempted && !config.peers.is_empty() => return Err(DaemonError::NoPeer),
+            Ok(()) if config.peers.is_empty() => return Err(DaemonError::NoPeer),
+            _ => {}
+        }
+        if started.elapsed() >= timeout {
+            let why = status.err().unwrap_or_else(|| "peers still connecting".to_string());
+            return Err(DaemonError::Timeout(timeout.as_secs(), why));
+        }
+    }
+}
+
+fn in_sync_status(
+    inner: &Inner,
+    config: &Config,
+    connected: &[(
+        DeviceId,
+        Vec<tandem_proto::model::FolderId>,
+        Vec<tandem_proto::model::FolderId>,
+    )],
+) -> Result<(), String> {
+    for folder in &config.folders {
+        match folder_in_sync(inner, &folder.id, connected) {
+            Ok(true) => {}
+            Ok(false) => return Err(format!("folder {} is still syncing", folder.id)),
+            Err(e) => return Err(format!("folder {}: {e}", folder.id)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,526 @@
+//! Sync: the per-folder runner that scans, asks `proto::rules` for a plan and carries it
+//! out, and the shared state the peer sessions and runners meet in.
+//!
+//! The runner never decides anything itself: it builds the global state from the local
+//! index and every peer's announced records, takes the planner's ordered steps, executes
+//! each (`writer`, `puller`) and commits the step's records only after the bytes are on
+//! disk. A step that finds the disk different from the index stops the round and rescans,
+//! so a local change is never overwritten unseen.
+
+pub mod puller;
+pub mod session;
+pub mod writer;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tandem_proto::model::{DeviceId, FileRecord, FolderId, RelPath, ShortId};
+use tandem_proto::rules::{Action, GlobalState, Need, Plan, PlanConfig, Records, Step, need, plan};
+use tokio::sync::{Notify, watch};
+
+use crate::config::{Config, FolderConfig};
+use crate::home::Home;
+use crate::scan::{ScanTarget, scan_folder};
+use crate::store::{Index, LocalRecord, StoreError};
+use crate::sync::puller::{PullJob, copy_local, pull_file};
+use crate::sync::writer::{ApplyError, FolderFs};
+
+/// Planning rounds per wake-up before waiting for news.
+const MAX_ROUNDS: usize = 8;
+
+/// Byte counters, for logs, tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Chunk bytes received from peers (verified).
+    pub network: AtomicU64,
+    /// Chunk bytes copied from local files instead.
+    pub reused: AtomicU64,
+    /// Chunk bytes found already in a partial temp file.
+    pub resumed: AtomicU64,
+    /// Chunks discarded because their hash did not match.
+    pub rejected: AtomicU64,
+}
+
+/// What a session knows about a connected peer.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PeerState {
+    /// Folders both sides share.
+    pub shared: Vec<FolderId>,
+    /// Folders whose index the peer has sent at least once on this connection.
+    pub received_index: Vec<FolderId>,
+}
+
+struct PeerEntry {
+    conn: quinn::Connection,
+    dialer: DeviceId,
+    state: PeerState,
+}
+
+/// State shared by the sessions, the runners and the daemon.
+pub struct Inner {
+    /// The index.
+    pub index: Index,
+    /// This device.
+    pub device: DeviceId,
+    /// Its short id.
+    pub short: ShortId,
+    /// The home (to keep it out of scans).
+    pub home: Home,
+    config: RwLock<Config>,
+    peers: Mutex<BTreeMap<DeviceId, PeerEntry>>,
+    folder_wakeups: Mutex<BTreeMap<FolderId, Arc<Notify>>>,
+    folder_clean: Mutex<BTreeMap<FolderId, bool>>,
+    /// Bumped after every local index change; sessions send updates when it moves.
+    pub local_changes: watch::Sender<u64>,
+    /// Byte counters.
+    pub stats: Stats,
+    request_ids: AtomicU64,
+}
+
+impl Inner {
+    /// Shared state for a daemon with this configuration.
+    pub fn new(index: Index, device: DeviceId, home: Home, config: Config) -> Self {
+        Self {
+            index,
+            device,
+            short: device.short(),
+            home,
+            config: RwLock::new(config),
+            peers: Mutex::new(BTreeMap::new()),
+            folder_wakeups: Mutex::new(BTreeMap::new()),
+            folder_clean: Mutex::new(BTreeMap::new()),
+            local_changes: watch::Sender::new(0),
+            stats: Stats::default(),
+            request_ids: AtomicU64::new(1),
+        }
+    }
+
+    /// A copy of the configuration.
+    pub fn config(&self) -> Config {
+        self.config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub(crate) fn device_name(&self) -> String {
+        self.config().device.name
+    }
+
+    pub(crate) fn folders_shared_with(&self, peer: &DeviceId) -> Vec<FolderId> {
+        self.config()
+            .folders
+            .iter()
+            .filter(|f| f.share.contains(peer))
+            .map(|f| f.id.clone())
+            .collect()
+    }
+
+    pub(crate) fn folder_root_shared_with(
+        &self,
+        folder: &FolderId,
+        peer: &DeviceId,
+    ) -> Option<PathBuf> {
+        let config = self.config();
+        let found = config.folders.iter().find(|f| &f.id == folder && f.share.contains(peer));
+        found.map(|f| f.path.clone())
+    }
+
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a session's connection; false when another connection to the same peer is
+    /// kept (the one dialed by the device with the smaller id).
+    pub(crate) fn register(
+        &self,
+        peer: DeviceId,
+        conn: quinn::Connection,
+        dialer: DeviceId,
+    ) -> bool {
+        let Ok(mut peers) = self.peers.lock() else { return false };
+        if let Some(existing) = peers.get(&peer).filter(|e| e.conn.close_reason().is_none()) {
+            let keeper = self.device.min(peer);
+            if existing.dialer == keeper && dialer != keeper {
+                return false;
+            }
+            existing.conn.close(
+                tandem_proto::wire::CloseCode::Duplicate.as_u32().into(),
+                b"duplicate connection",
+            );
+        }
+        peers.insert(peer, PeerEntry { conn, dialer, state: PeerState::default() });
+        true
+    }
+
+    pub(crate) fn unregister(&self, peer: &DeviceId, stable_id: usize) {
+        if let Ok(mut peers) = self.peers.lock()
+            && peers.get(peer).is_some_and(|e| e.conn.stable_id() == stable_id)
+        {
+            peers.remove(peer);
+        }
+    }
+
+    pub(crate) fn set_peer_state(&self, peer: &DeviceId, state: PeerState) {
+        if let Ok(mut peers) = self.peers.lock()
+            && let Some(entry) = peers.get_mut(peer)
+        {
+            entry.state = state;
+        }
+    }
+
+    pub(crate) fn mark_index_received(&self, peer: &DeviceId, folder: &FolderId) {
+        if let Ok(mut peers) = self.peers.lock()
+            && let Some(entry) = peers.get_mut(peer)
+            && !entry.state.received_index.contains(folder)
+        {
+            entry.state.received_index.push(folder.clone());
+        }
+    }
+
+    /// The live connection to `peer`, if any.
+    pub fn connection(&self, peer: &DeviceId) -> Option<quinn::Connection> {
+        let peers = self.peers.lock().ok()?;
+        peers.get(peer).filter(|e| e.conn.close_reason().is_none()).map(|e| e.conn.clone())
+    }
+
+    /// Connected peers and what their sessions know.
+    pub(crate) fn connected(&self) -> Vec<(DeviceId, PeerState)> {
+        let Ok(peers) = self.peers.lock() else { return Vec::new() };
+        peers
+            .iter()
+            .filter(|(_, e)| e.conn.close_reason().is_none())
+            .map(|(id, e)| (*id, e.state.clone()))
+            .collect()
+    }
+
+    /// Wakes the runner of `folder`.
+    pub fn notify_folder(&self, folder: &FolderId) {
+        self.wakeup(folder).notify_one();
+    }
+
+    fn wakeup(&self, folder: &FolderId) -> Arc<Notify> {
+        let mut map = match self.folder_wakeups.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(folder.clone()).or_default().clone()
+    }
+
+    fn local_changed(&self) {
+        self.local_changes.send_modify(|n| *n += 1);
+    }
+
+    fn set_clean(&self, folder: &FolderId, clean: bool) {
+        if let Ok(mut map) = self.folder_clean.lock() {
+            map.insert(folder.clone(), clean);
+        }
+    }
+
+    /// True when the last round of `folder` ended with nothing left to do.
+    pub fn is_clean(&self, folder: &FolderId) -> bool {
+        self.folder_clean.lock().ok().and_then(|m| m.get(folder).copied()).unwrap_or(false)
+    }
+}
+
+/// Runs one folder forever: scan, apply, wait for news or the rescan interval.
+pub async fn run_folder(inner: Arc<Inner>, folder: FolderId, rescan: Duration) {
+    let wakeup = inner.wakeup(&folder);
+    loop {
+        if let Err(e) = sync_folder_once(&inner, &folder).await {
+            tracing::warn!("folder {folder}: {e:#}");
+        }
+        tokio::select! {
+            () = wakeup.notified() => {}
+            () = tokio::time::sleep(rescan) => {}
+        }
+    }
+}
+
+/// Why a folder round failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    /// The folder is no longer configured.
+    #[error("not configured")]
+    Gone,
+    /// Scanning failed.
+    #[error(transparent)]
+    Scan(#[from] crate::scan::ScanError),
+    /// The index failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blocking task died.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// One scan and up to `MAX_ROUNDS` plan-and-apply rounds.
+pub async fn sync_folder_once(inner: &Arc<Inner>, folder: &FolderId) -> Result<(), FolderError> {
+    let cfg = inner.config().folder(folder).cloned().map_err(|_| FolderError::Gone)?;
+    let mut rescan = true;
+    for _ in 0..MAX_ROUNDS {
+        if rescan {
+            scan(inner, &cfg).await?;
+        }
+        let planned = blocking(inner, {
+            let cfg = cfg.clone();
+            move |inner| plan_folder(inner, &cfg)
+        })
+        .await??;
+        inner.set_clean(folder, planned.plan.steps.is_empty());
+        if planned.plan.steps.is_empty() {
+            return Ok(());
+        }
+        let outcome = execute(inner, &cfg, planned).await;
+        if outcome.committed > 0 {
+            inner.local_changed();
+        }
+        if outcome.committed == 0 && !outcome.rescan {
+            return Ok(());
+        }
+        rescan = outcome.rescan;
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    inner: &Arc<Inner>,
+    f: impl FnOnce(&Inner) -> T + Send + 'static,
+) -> Result<T, FolderError> {
+    let inner = inner.clone();
+    tokio::task::spawn_blocking(move || f(&inner))
+        .await
+        .map_err(|e| FolderError::Task(e.to_string()))
+}
+
+async fn scan(inner: &Arc<Inner>, cfg: &FolderConfig) -> Result<(), FolderError> {
+    let cfg = cfg.clone();
+    let summary = blocking(inner, move |inner| {
+        let target = ScanTarget {
+            folder: cfg.id.as_str(),
+            root: &cfg.path,
+            device: inner.short,
+            skip_dir: inner.home.canonical(),
+        };
+        scan_folder(&inner.index, &target)
+    })
+    .await??;
+    for issue in &summary.issues {
+        tracing::warn!("{}: {}", issue.path, issue.error);
+    }
+    if summary.new + summary.changed + summary.deleted > 0 {
+        tracing::info!(
+            "scanned: {} new, {} changed, {} deleted",
+            summary.new,
+            summary.changed,
+            summary.deleted
+        );
+        inner.local_changed();
+    }
+    Ok(())
+}
+
+/// A plan, with what executing it needs.
+struct Planned {
+    plan: Plan,
+    local: BTreeMap<RelPath, LocalRecord>,
+    sources: BTreeMap<RelPath, Vec<DeviceId>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Loads the local index and every peer's records, and plans.
+fn plan_folder(inner: &Inner, cfg: &FolderConfig) -> Result<Planned, StoreError> {
+    let folder = cfg.id.as_str();
+    let local: BTreeMap<RelPath, LocalRecord> =
+        inner.index.records(folder)?.into_iter().map(|l| (l.record.path.clone(), l)).collect();
+    let local_records: Records = local.iter().map(|(p, l)| (p.clone(), l.record.clone())).collect();
+    let peers = peer_records(inner, cfg)?;
+    let peer_refs: Vec<&Records> = peers.iter().map(|(_, r)| r).collect();
+    let global = GlobalState::build(cfg.mode, &local_records, &peer_refs);
+    let config = PlanConfig {
+        mode: cfg.mode,
+        local_id: inner.short,
+        now_secs: now_secs(),
+        case_insensitive: false,
+    };
+    let plan = plan(&local_records, &global, &config);
+    let sources = pull_sources(&plan, &peers);
+    Ok(Planned { plan, local, sources })
+}
+
+fn peer_records(inner: &Inner, cfg: &FolderConfig) -> Result<Vec<(DeviceId, Records)>, StoreError> {
+    let mut out = Vec::new();
+    for peer in &cfg.share {
+        let records = inner.index.peer_records(cfg.id.as_str(), &peer.to_string())?;
+        out.push((*peer, records.into_iter().map(|r| (r.path.clone(), r)).collect()));
+    }
+    Ok(out)
+}
+
+/// For each file to pull, the peers that announced the same content.
+fn pull_sources(plan: &Plan, peers: &[(DeviceId, Records)]) -> BTreeMap<RelPath, Vec<DeviceId>> {
+    let mut out = BTreeMap::new();
+    for step in &plan.steps {
+        if let Action::Pull { record, .. } = &step.action {
+            let have = peers.iter().filter(|(_, records)| {
+                records.get(&record.path).is_some_and(|r| !r.deleted && r.same_content(record))
+            });
+            out.insert(record.path.clone(), have.map(|(id, _)| *id).collect());
+        }
+    }
+    out
+}
+
+/// What a round achieved.
+#[derive(Default)]
+struct Outcome {
+    committed: usize,
+    rescan: bool,
+}
+
+async fn execute(inner: &Arc<Inner>, cfg: &FolderConfig, planned: Planned) -> Outcome {
+    let Planned { plan, mut local, sources } = planned;
+    let fs = FolderFs::new(cfg.path.clone());
+    let mut outcome = Outcome::default();
+    for step in &plan.steps {
+        match apply(inner, cfg, &fs, step, &local, &sources).await {
+            Ok(()) => match commit(inner, cfg, &fs, step, &mut local) {
+                Ok(()) => outcome.committed += 1,
+                Err(e) => tracing::error!("folder {}: committing {:?}: {e}", cfg.id, step.action),
+            },
+            Err(ApplyError::LocalChange(path)) => {
+                tracing::info!(
+                    "folder {}: {path} changed locally; rescanning before deciding",
+                    cfg.id
+                );
+                outcome.rescan = true;
+                break;
+            }
+            Err(e) => tracing::warn!("folder {}: {e}", cfg.id),
+        }
+    }
+    outcome
+}
+
+/// Carries out one step on disk.
+async fn apply(
+    inner: &Arc<Inner>,
+    cfg: &FolderConfig,
+    fs: &FolderFs,
+    step: &Step,
+    local: &BTreeMap<RelPath, LocalRecord>,
+    sources: &BTreeMap<RelPath, Vec<DeviceId>>,
+) -> Result<(), ApplyError> {
+    match &step.action {
+        Action::RenameToConflict { from, to } => fs.rename(from, to, local.get(from)),
+        Action::MakeDir { path, mode } => fs.make_dir(path, *mode, local.get(path)),
+        Action::KeepDir { .. } | Action::Record { .. } => Ok(()),
+        Action::Pull { record, reuse } => {
+            let no_sources = Vec::new();
+            let job = PullJob {
+                folder: &cfg.id,
+                fs,
+                record,
+                reuse,
+                sources: sources.get(&record.path).unwrap_or(&no_sources),
+                indexed: local.get(&record.path),
+            };
+            pull_file(inner, job).await
+        }
+        Action::CopyLocal { from, record } => copy_local(fs, from, record, local.get(&record.path)),
+        Action::Rename { from, record } => {
+            fs.check_unchanged(&record.path, local.get(&record.path))?;
+            fs.rename(from, &record.path, local.get(from))?;
+            fs.set_metadata(&record.path, record.mode, record.mtime_ns, None).or_else(|e| match e {
+                ApplyError::LocalChange(_) => Ok(()),
+                other => Err(other),
+            })
+        }
+        Action::MakeSymlink { path, target } => fs.make_symlink(path, target, local.get(path)),
+        Action::SetMetadata { path, mode, mtime_ns } => {
+            fs.set_metadata(path, *mode, *mtime_ns, local.get(path))
+        }
+        Action::Delete { path, .. } => fs.delete(path, local.get(path)),
+    }
+}
+
+/// Commits a successful step's records with the stat of what is now on disk, and keeps the
+/// in-memory view of the index in step with the disk for the following steps.
+fn commit(
+    inner: &Inner,
+    cfg: &FolderConfig,
+    fs: &FolderFs,
+    step: &Step,
+    local: &mut BTreeMap<RelPath, LocalRecord>,
+) -> Result<(), ApplyError> {
+    match &step.action {
+        Action::RenameToConflict { from, .. } | Action::Rename { from, .. } => {
+            local.remove(from);
+        }
+        Action::Delete { path, .. } => {
+            local.remove(path);
+        }
+        _ => {}
+    }
+    let mut batch = inner.index.write().map_err(store_error)?;
+    for record in &step.commit {
+        let stat = if record.deleted { Default::default() } else { fs.stat_key(&record.path)? };
+        let stored = LocalRecord { record: record.clone(), stat };
+        batch.put_change(cfg.id.as_str(), stored.clone()).map_err(store_error)?;
+        local.insert(record.path.clone(), stored);
+    }
+    batch.commit().map_err(store_error)
+}
+
+fn store_error(e: StoreError) -> ApplyError {
+    ApplyError::Store(e.to_string())
+}
+
+/// True when `folder` needs nothing here and every connected peer that shares it has sent
+/// its index and needs nothing from us.
+pub fn folder_in_sync(
+    inner: &Inner,
+    folder: &FolderId,
+    connected: &[(DeviceId, Vec<FolderId>, Vec<FolderId>)],
+) -> Result<bool, StoreError> {
+    let Ok(cfg) = inner.config().folder(folder).cloned() else { return Ok(true) };
+    if !inner.is_clean(folder) {
+        return Ok(false);
+    }
+    let local: Records = inner
+        .index
+        .records(folder.as_str())?
+        .into_iter()
+        .map(|l| (l.record.path.clone(), l.record))
+        .collect();
+    let peers = peer_records(inner, &cfg)?;
+    let peer_refs: Vec<&Records> = peers.iter().map(|(_, r)| r).collect();
+    let global = GlobalState::build(cfg.mode, &local, &peer_refs);
+    for (peer, shared, received) in connected {
+        if !shared.contains(folder) {
+            continue;
+        }
+        if !received.contains(folder) {
+            return Ok(false);
+        }
+        let Some((_, records)) = peers.iter().find(|(id, _)| id == peer) else { return Ok(false) };
+        if !peer_needs_nothing(records, &global) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn peer_needs_nothing(records: &Records, global: &GlobalState<'_>) -> bool {
+    let paths: BTreeSet<&RelPath> = records.keys().chain(global.iter().map(|r| r.path())).collect();
+    paths.into_iter().all(|path| {
+        let theirs: Option<&FileRecord> = records.get(path);
+        matches!(
+            need(tandem_proto::model::FolderMode::SendReceive, theirs, global.get(path)),
+            Need::InSync | Need::Ahead
+        )
+    })
+}

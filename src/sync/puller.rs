@@ -1,0 +1,254 @@
+//! Fetching a file's content: chunks come from local files first (the planner's reuse
+//! hints, then the chunk-location table), then from connected peers that announced the
+//! same version, many requests in flight. Every chunk's BLAKE3 is checked before it is
+//! written, and the whole file's hash is checked before it is installed.
+//!
+//! A partial temp file left by an interrupted transfer is reused: chunks already in it that
+//! verify are not fetched again.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures_util::stream::{self, StreamExt};
+use tandem_proto::model::{ChunkRef, DeviceId, FileRecord, FolderId, Hash, RelPath};
+use tandem_proto::rules::LocalChunk;
+use tandem_proto::wire::{ErrorCode, Message, Request, ResponseBody};
+
+use crate::net::conn::{FramedRecv, FramedSend};
+use crate::store::LocalRecord;
+use crate::sync::Inner;
+use crate::sync::writer::{ApplyError, FolderFs, io_at};
+
+/// Requests in flight per file.
+const PIPELINE: usize = 32;
+
+/// What one pull needs.
+pub(crate) struct PullJob<'a> {
+    /// The folder.
+    pub folder: &'a FolderId,
+    /// Its filesystem.
+    pub fs: &'a FolderFs,
+    /// The version to write.
+    pub record: &'a FileRecord,
+    /// Chunks the planner found in local files.
+    pub reuse: &'a [LocalChunk],
+    /// Peers that announced this version.
+    pub sources: &'a [DeviceId],
+    /// What the index says is at the target now.
+    pub indexed: Option<&'a LocalRecord>,
+}
+
+/// Downloads `job.record` into its temp file and installs it.
+pub(crate) async fn pull_file(inner: &Arc<Inner>, job: PullJob<'_>) -> Result<(), ApplyError> {
+    let record = job.record;
+    let (file, existed) = job.fs.open_temp(record)?;
+    let file = Arc::new(file);
+    let mut missing: Vec<ChunkRef> = Vec::new();
+    for (idx, chunk) in record.chunks.iter().enumerate() {
+        if existed && chunk_matches(&file, chunk) {
+            inner.stats.resumed.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+            continue;
+        }
+        if copy_local_chunk(inner, &job, idx, chunk, &file)? {
+            inner.stats.reused.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+            continue;
+        }
+        missing.push(*chunk);
+    }
+    fetch_chunks(inner, &job, &file, missing).await?;
+    verify_whole(&file, record)?;
+    job.fs.install(&file, record, job.indexed)
+}
+
+/// Copies a local file's content to the target (the planner's `CopyLocal`).
+pub(crate) fn copy_local(
+    fs: &FolderFs,
+    from: &RelPath,
+    record: &FileRecord,
+    indexed: Option<&LocalRecord>,
+) -> Result<(), ApplyError> {
+    fs.check_parents(from)?;
+    let source = open_nofollow(&fs.abs(from)).map_err(io_at(from))?;
+    let (file, _) = fs.open_temp(record)?;
+    for chunk in &record.chunks {
+        let data = read_at(&source, chunk.offset, chunk.len).map_err(io_at(from))?;
+        if Hash::of(&data) != chunk.hash {
+            fs.discard_temp(record);
+            return Err(ApplyError::LocalChange(from.clone()));
+        }
+        file.write_all_at(&data, chunk.offset).map_err(io_at(&record.path))?;
+    }
+    verify_whole(&file, record)?;
+    fs.install(&file, record, indexed)
+}
+
+fn chunk_matches(file: &File, chunk: &ChunkRef) -> bool {
+    read_at(file, chunk.offset, chunk.len).is_ok_and(|data| Hash::of(&data) == chunk.hash)
+}
+
+/// Tries the planner's hint, then the chunk-location table; true when the chunk was copied.
+fn copy_local_chunk(
+    inner: &Inner,
+    job: &PullJob<'_>,
+    idx: usize,
+    chunk: &ChunkRef,
+    file: &File,
+) -> Result<bool, ApplyError> {
+    let hinted =
+        job.reuse.iter().filter(|r| r.index as usize == idx).map(|r| (r.from.clone(), r.offset));
+    let located = inner
+        .index
+        .chunk_locations(&chunk.hash)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|loc| loc.folder == job.folder.as_str() && loc.len == chunk.len)
+        .filter_map(|loc| RelPath::new(loc.path).ok().map(|p| (p, loc.offset)));
+    for (from, offset) in hinted.chain(located).take(4) {
+        if job.fs.check_parents(&from).is_err() {
+            continue;
+        }
+        let Ok(source) = open_nofollow(&job.fs.abs(&from)) else { continue };
+        let Ok(data) = read_at(&source, offset, chunk.len) else { continue };
+        if Hash::of(&data) == chunk.hash {
+            file.write_all_at(&data, chunk.offset).map_err(io_at(&job.record.path))?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Fetches `missing` from peers, `PIPELINE` requests at a time, verifying each chunk.
+async fn fetch_chunks(
+    inner: &Arc<Inner>,
+    job: &PullJob<'_>,
+    file: &Arc<File>,
+    missing: Vec<ChunkRef>,
+) -> Result<(), ApplyError> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let conns: Vec<quinn::Connection> =
+        job.sources.iter().filter_map(|id| inner.connection(id)).collect();
+    if conns.is_empty() {
+        return Err(ApplyError::NoSource(job.record.path.clone()));
+    }
+    let fetches = missing.into_iter().enumerate().map(|(n, chunk)| {
+        let conns = &conns;
+        async move {
+            let data = fetch_chunk(inner, conns, n, job, &chunk).await?;
+            file.write_all_at(&data, chunk.offset).map_err(io_at(&job.record.path))
+        }
+    });
+    let mut results = stream::iter(fetches).buffer_unordered(PIPELINE);
+    while let Some(result) = results.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// One chunk from the first peer that sends bytes with the right hash.
+async fn fetch_chunk(
+    inner: &Inner,
+    conns: &[quinn::Connection],
+    n: usize,
+    job: &PullJob<'_>,
+    chunk: &ChunkRef,
+) -> Result<Vec<u8>, ApplyError> {
+    for attempt in 0..conns.len() * 2 {
+        let conn = &conns[(n + attempt) % conns.len()];
+        let request = Request {
+            id: inner.next_request_id(),
+            folder: job.folder.clone(),
+            path: job.record.path.clone(),
+            offset: chunk.offset,
+            size: chunk.len,
+            hash: chunk.hash,
+        };
+        match request_once(conn, request).await {
+            Ok(data) if Hash::of(&data) == chunk.hash => {
+                inner.stats.network.fetch_add(data.len() as u64, Ordering::Relaxed);
+                return Ok(data);
+            }
+            Ok(data) => {
+                inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    peer = %conn.remote_address(),
+                    "{}: chunk at {} failed verification (got {}); discarded",
+                    job.record.path, chunk.offset, Hash::of(&data)
+                );
+            }
+            Err(reason) => {
+                tracing::debug!("{}: chunk at {}: {reason}", job.record.path, chunk.offset)
+            }
+        }
+    }
+    Err(ApplyError::NoSource(job.record.path.clone()))
+}
+
+/// Sends one request on a new stream and reads its response.
+async fn request_once(conn: &quinn::Connection, request: Request) -> Result<Vec<u8>, String> {
+    let id = request.id;
+    let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut tx = FramedSend::new(send);
+    tx.send(&Message::Request(request)).await.map_err(|e| e.to_string())?;
+    tx.finish().map_err(|e| e.to_string())?;
+    let mut rx = FramedRecv::new(recv);
+    match rx.recv().await.map_err(|e| e.to_string())? {
+        Some(Message::Response(r)) if r.id == id => match r.body {
+            ResponseBody::Data(data) => Ok(data),
+            ResponseBody::Error(code) => Err(code.to_string()),
+        },
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// Checks the assembled temp file against the record's whole-file hash.
+fn verify_whole(file: &File, record: &FileRecord) -> Result<(), ApplyError> {
+    let mut hasher = blake3::Hasher::new();
+    let mut offset = 0u64;
+    let mut buf = crate::scan::hasher::AlignedBuf::new(4 << 20);
+    while offset < record.size {
+        let n = file.read_at(buf.bytes_mut(), offset).map_err(io_at(&record.path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf.bytes_mut()[..n]);
+        offset += n as u64;
+    }
+    let actual = Hash::from(hasher.finalize());
+    if actual == record.hash && offset == record.size {
+        Ok(())
+    } else {
+        Err(ApplyError::HashMismatch { path: record.path.clone(), expected: record.hash, actual })
+    }
+}
+
+fn open_nofollow(path: &std::path::Path) -> std::io::Result<File> {
+    File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
+/// Reads exactly `len` bytes at `offset`.
+pub(crate) fn read_at(file: &File, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
+    let mut data = vec![0u8; len as usize];
+    file.read_exact_at(&mut data, offset)?;
+    Ok(data)
+}
+
+/// Why a request could not be served.
+pub(crate) fn serve_read(fs: &FolderFs, request: &Request) -> Result<Vec<u8>, ErrorCode> {
+    if request.size > tandem_proto::wire::MAX_REQUEST {
+        return Err(ErrorCode::Invalid);
+    }
+    fs.check_parents(&request.path).map_err(|_| ErrorCode::NoSuchFile)?;
+    let file = open_nofollow(&fs.abs(&request.path)).map_err(|_| ErrorCode::NoSuchFile)?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(ErrorCode::NoSuchFile);
+    }
+    let data = read_at(&file, request.offset, request.size).map_err(|_| ErrorCode::Changed)?;
+    if Hash::of(&data) != request.hash {
+        return Err(ErrorCode::Changed);
+    }
+    Ok(data)
+}

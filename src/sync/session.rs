@@ -1,0 +1,330 @@
+//! One connection with one peer: the control stream (Hello, ClusterConfig, index exchange,
+//! then index updates as local changes happen) and the request streams the peer opens.
+//!
+//! The protocol is `proto/PROTOCOL.md`. Anything the peer sends that breaks it — a frame
+//! error, records for a folder not shared with it, an unexpected message — closes the
+//! connection with a logged reason; nothing from the peer is trusted beyond what `proto`
+//! validated while decoding.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_proto::model::{DeviceId, FolderId};
+use tandem_proto::wire::{
+    Close, CloseCode, ClusterConfig, FolderShare, Hello, IndexBatch, MAX_IN_FLIGHT,
+    MAX_INDEX_BATCH, Message, PROTOCOL_VERSION, Response, ResponseBody,
+};
+use tokio::sync::Semaphore;
+
+use crate::net::conn::{FramedRecv, FramedSend, StreamError};
+use crate::sync::puller::serve_read;
+use crate::sync::writer::FolderFs;
+use crate::sync::{Inner, PeerState};
+
+/// How long the peer has to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// A stream failed or carried garbage.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The peer broke the protocol.
+    #[error("protocol violation: {0}")]
+    Violation(String),
+    /// The peer closed the session.
+    #[error("peer closed: {0}")]
+    Closed(String),
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Another connection to this peer is kept.
+    #[error("duplicate connection")]
+    Duplicate,
+    /// The index failed.
+    #[error("index: {0}")]
+    Store(String),
+}
+
+/// Runs a session until the connection ends.
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    peer: DeviceId,
+    dialed_by_us: bool,
+) {
+    let result = session(&inner, &conn, peer, dialed_by_us).await;
+    let (code, reason) = match &result {
+        Ok(()) => (CloseCode::Shutdown, "shutdown".to_string()),
+        Err(ProtocolError::Duplicate) => (CloseCode::Duplicate, "duplicate connection".to_string()),
+        Err(e) => (CloseCode::ProtocolError, e.to_string()),
+    };
+    match &result {
+        Err(ProtocolError::Duplicate) | Ok(()) => tracing::debug!(%peer, "session ended: {reason}"),
+        Err(e) => tracing::warn!(%peer, "session with {peer} ended: {e}"),
+    }
+    conn.close(code.as_u32().into(), reason.as_bytes());
+    inner.unregister(&peer, conn.stable_id());
+}
+
+async fn session(
+    inner: &Arc<Inner>,
+    conn: &quinn::Connection,
+    peer: DeviceId,
+    dialed_by_us: bool,
+) -> Result<(), ProtocolError> {
+    let (send, recv) = if dialed_by_us { conn.open_bi().await? } else { conn.accept_bi().await? };
+    let (mut tx, mut rx) = (FramedSend::new(send), FramedRecv::new(recv));
+    tx.send(&Message::Hello(hello(inner))).await?;
+    let theirs = match tokio::time::timeout(HELLO_TIMEOUT, rx.recv()).await {
+        Ok(Ok(Some(Message::Hello(h)))) => h,
+        Ok(Ok(other)) => {
+            return Err(ProtocolError::Violation(format!("expected Hello, got {other:?}")));
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err(ProtocolError::Violation("no Hello within 10 s".into())),
+    };
+    if theirs.protocol_version < 1 {
+        let close = Close { code: CloseCode::VersionMismatch, reason: "version 1 required".into() };
+        tx.send(&Message::Close(close)).await?;
+        return Err(ProtocolError::Violation(format!(
+            "peer speaks protocol {}",
+            theirs.protocol_version
+        )));
+    }
+    let dialer = if dialed_by_us { inner.device } else { peer };
+    if !inner.register(peer, conn.clone(), dialer) {
+        return Err(ProtocolError::Duplicate);
+    }
+    tracing::info!(%peer, "connected to {} ({}) at {}", theirs.device_name, theirs.client_version, conn.remote_address());
+    tx.send(&Message::ClusterConfig(cluster_config(inner, &peer)?)).await?;
+    let their_config = match rx.recv().await? {
+        Some(Message::ClusterConfig(c)) => c,
+        other => {
+            return Err(ProtocolError::Violation(format!("expected ClusterConfig, got {other:?}")));
+        }
+    };
+    let shared = shared_folders(inner, &peer, &their_config);
+    inner.set_peer_state(
+        &peer,
+        PeerState { shared: shared.keys().cloned().collect(), received_index: Vec::new() },
+    );
+    let server = tokio::spawn(serve_requests(inner.clone(), conn.clone(), peer));
+    let sender = tokio::spawn(send_index(inner.clone(), tx, shared.clone()));
+    let result = receive(inner, &mut rx, peer, &shared).await;
+    server.abort();
+    sender.abort();
+    result
+}
+
+fn hello(inner: &Inner) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        device_name: inner.device_name(),
+        client_version: format!("tandem {}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// The folders we share with `peer`, with what we hold of its records.
+fn cluster_config(inner: &Inner, peer: &DeviceId) -> Result<ClusterConfig, ProtocolError> {
+    let mut folders = Vec::new();
+    for folder in inner.folders_shared_with(peer) {
+        let meta = inner
+            .index
+            .ensure_folder(folder.as_str())
+            .map_err(|e| ProtocolError::Store(e.to_string()))?;
+        let seen = inner
+            .index
+            .peer_meta(folder.as_str(), &peer.to_string())
+            .map_err(|e| ProtocolError::Store(e.to_string()))?;
+        folders.push(FolderShare {
+            id: folder,
+            index_id: meta.index_id,
+            seen_index_id: seen.index_id,
+            seen_sequence: seen.max_sequence,
+        });
+    }
+    Ok(ClusterConfig { folders })
+}
+
+/// Folders both sides share: ours with the peer ∩ theirs, with the peer's view of ours.
+fn shared_folders(
+    inner: &Inner,
+    peer: &DeviceId,
+    theirs: &ClusterConfig,
+) -> BTreeMap<FolderId, FolderShare> {
+    let ours = inner.folders_shared_with(peer);
+    theirs
+        .folders
+        .iter()
+        .filter(|f| ours.contains(&f.id))
+        .map(|f| (f.id.clone(), f.clone()))
+        .collect()
+}
+
+/// Sends our records: the initial exchange, then updates whenever the local index changes.
+async fn send_index(
+    inner: Arc<Inner>,
+    mut tx: FramedSend,
+    shared: BTreeMap<FolderId, FolderShare>,
+) -> Result<(), ProtocolError> {
+    let mut changes = inner.local_changes.subscribe();
+    let mut sent: BTreeMap<FolderId, u64> = BTreeMap::new();
+    for (folder, theirs) in &shared {
+        let meta = inner
+            .index
+            .ensure_folder(folder.as_str())
+            .map_err(|e| ProtocolError::Store(e.to_string()))?;
+        let resume = theirs.seen_index_id == meta.index_id && theirs.seen_sequence > 0;
+        let since = if resume { theirs.seen_sequence } else { 0 };
+        let last = send_since(&inner, &mut tx, folder, since, !resume, true).await?;
+        sent.insert(folder.clone(), last.max(since));
+    }
+    loop {
+        changes.borrow_and_update();
+        for folder in shared.keys() {
+            let since = sent.get(folder).copied().unwrap_or(0);
+            let last = send_since(&inner, &mut tx, folder, since, false, false).await?;
+            sent.insert(folder.clone(), last.max(since));
+        }
+        if changes.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Sends records changed after `since` in batches; returns the highest sequence sent.
+async fn send_since(
+    inner: &Inner,
+    tx: &mut FramedSend,
+    folder: &FolderId,
+    since: u64,
+    first: bool,
+    initial: bool,
+) -> Result<u64, ProtocolError> {
+    let records = inner
+        .index
+        .changes_since(folder.as_str(), since)
+        .map_err(|e| ProtocolError::Store(e.to_string()))?;
+    let mut last = since;
+    let mut first = first;
+    if records.is_empty() && (first || initial) {
+        let batch = IndexBatch { folder: folder.clone(), records: Vec::new(), first };
+        tx.send(&Message::Index(batch)).await?;
+        return Ok(last);
+    }
+    for chunk in records.chunks(MAX_INDEX_BATCH) {
+        let records: Vec<_> = chunk.iter().map(|l| l.record.clone()).collect();
+        last = records.iter().map(|r| r.sequence).max().unwrap_or(last).max(last);
+        let batch = IndexBatch { folder: folder.clone(), records, first };
+        let message = if initial { Message::Index(batch) } else { Message::IndexUpdate(batch) };
+        tx.send(&message).await?;
+        first = false;
+    }
+    Ok(last)
+}
+
+/// Receives the peer's records until the control stream ends.
+async fn receive(
+    inner: &Arc<Inner>,
+    rx: &mut FramedRecv,
+    peer: DeviceId,
+    shared: &BTreeMap<FolderId, FolderShare>,
+) -> Result<(), ProtocolError> {
+    let peer_key = peer.to_string();
+    loop {
+        let batch = match rx.recv().await? {
+            Some(Message::Index(b)) | Some(Message::IndexUpdate(b)) => b,
+            Some(Message::Ping) => continue,
+            Some(Message::Close(c)) => return Err(ProtocolError::Closed(c.reason)),
+            None => return Ok(()),
+            Some(other) => {
+                return Err(ProtocolError::Violation(format!(
+                    "unexpected {} on the control stream",
+                    kind(&other)
+                )));
+            }
+        };
+        let Some(share) = shared.get(&batch.folder) else {
+            return Err(ProtocolError::Violation(format!(
+                "index for folder {} which is not shared with it",
+                batch.folder
+            )));
+        };
+        if batch.records.len() > MAX_INDEX_BATCH {
+            return Err(ProtocolError::Violation(format!(
+                "index batch of {} records",
+                batch.records.len()
+            )));
+        }
+        store_batch(inner, &peer_key, share.index_id, &batch)?;
+        inner.mark_index_received(&peer, &batch.folder);
+        inner.notify_folder(&batch.folder);
+    }
+}
+
+fn store_batch(
+    inner: &Inner,
+    peer: &str,
+    index_id: u64,
+    batch: &IndexBatch,
+) -> Result<(), ProtocolError> {
+    let store = |e: crate::store::StoreError| ProtocolError::Store(e.to_string());
+    let mut write = inner.index.write().map_err(store)?;
+    write
+        .put_peer_records(batch.folder.as_str(), peer, index_id, &batch.records, batch.first)
+        .map_err(store)?;
+    write.commit().map_err(store)
+}
+
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Hello(_) => "Hello",
+        Message::ClusterConfig(_) => "ClusterConfig",
+        Message::Index(_) => "Index",
+        Message::IndexUpdate(_) => "IndexUpdate",
+        Message::Request(_) => "Request",
+        Message::Response(_) => "Response",
+        Message::Ping => "Ping",
+        Message::Close(_) => "Close",
+    }
+}
+
+/// Answers the peer's requests, at most `MAX_IN_FLIGHT` at once.
+async fn serve_requests(inner: Arc<Inner>, conn: quinn::Connection, peer: DeviceId) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let (inner, slots) = (inner.clone(), slots.clone());
+        tokio::spawn(async move {
+            let permit = slots.try_acquire();
+            let (mut tx, mut rx) = (FramedSend::new(send), FramedRecv::new(recv));
+            let Ok(Some(Message::Request(request))) = rx.recv().await else { return };
+            let body = match permit {
+                Err(_) => ResponseBody::Error(tandem_proto::wire::ErrorCode::Busy),
+                Ok(_) => answer(&inner, &peer, &request).await,
+            };
+            let _ = tx.send(&Message::Response(Response { id: request.id, body })).await;
+            let _ = tx.finish();
+        });
+    }
+}
+
+async fn answer(
+    inner: &Arc<Inner>,
+    peer: &DeviceId,
+    request: &tandem_proto::wire::Request,
+) -> ResponseBody {
+    let Some(root) = inner.folder_root_shared_with(&request.folder, peer) else {
+        return ResponseBody::Error(tandem_proto::wire::ErrorCode::NotShared);
+    };
+    let request = request.clone();
+    let read =
+        tokio::task::spawn_blocking(move || serve_read(&FolderFs::new(root), &request)).await;
+    match read {
+        Ok(Ok(data)) => ResponseBody::Data(data),
+        Ok(Err(code)) => ResponseBody::Error(code),
+        Err(_) => ResponseBody::Error(tandem_proto::wire::ErrorCode::Io),
+    }
+}

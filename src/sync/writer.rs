@@ -1,0 +1,313 @@
+//! Applying changes to a folder on disk, confined to its root.
+//!
+//! Every write goes to a temp file beside its target (`.tandem-tmp-<name>-<hash prefix>`,
+//! ignored by the scanner, the same name after a restart so a partial download resumes),
+//! is fsynced, and is renamed over the target only after the target was checked to be
+//! exactly what the index says (a local change not yet scanned is never overwritten), then
+//! the directory is fsynced. Before touching a path, every parent is checked to be a real
+//! directory, never a symlink, so a peer's names cannot lead outside the root.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tandem_proto::model::{EntryKind, FileRecord, Hash, RelPath};
+
+use crate::scan::walk::TEMP_PREFIX;
+use crate::store::{LocalRecord, StatKey};
+
+/// Why applying a change failed. None of these leave a partial file under a real name.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The path on disk is not what the index says: rescan before deciding.
+    #[error("{0}: changed locally since the last scan; rescanning")]
+    LocalChange(RelPath),
+    /// A parent is missing, not a directory, or a symlink.
+    #[error("{path}: parent {parent} is not a real directory; refusing to write through it")]
+    UnsafeParent {
+        /// The path being written.
+        path: RelPath,
+        /// The offending parent.
+        parent: String,
+    },
+    /// No connected peer could supply the content.
+    #[error("{0}: no connected peer has this version")]
+    NoSource(RelPath),
+    /// Bytes did not hash to what the record says.
+    #[error("{path}: content hash mismatch (expected {expected}, got {actual})")]
+    HashMismatch {
+        /// The file.
+        path: RelPath,
+        /// The record's hash.
+        expected: Hash,
+        /// What the bytes hashed to.
+        actual: Hash,
+    },
+    /// The filesystem refused.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: RelPath,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The index could not record the change.
+    #[error("index: {0}")]
+    Store(String),
+    /// A directory to delete still has entries.
+    #[error("{0}: directory not empty; kept")]
+    NotEmpty(RelPath),
+}
+
+/// Attaches a path to an IO error.
+pub fn io_at(path: &RelPath) -> impl FnOnce(io::Error) -> ApplyError + '_ {
+    move |source| ApplyError::Io { path: path.clone(), source }
+}
+
+/// One folder's root, and every filesystem operation sync performs in it.
+#[derive(Clone, Debug)]
+pub struct FolderFs {
+    root: PathBuf,
+}
+
+impl FolderFs {
+    /// Operations under `root`.
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The absolute path of `rel` (only valid after [`Self::check_parents`]).
+    pub fn abs(&self, rel: &RelPath) -> PathBuf {
+        self.root.join(rel.as_str())
+    }
+
+    /// Fails unless every parent of `rel` below the root is a real directory.
+    pub fn check_parents(&self, rel: &RelPath) -> Result<(), ApplyError> {
+        for parent in rel.ancestors() {
+            let meta = fs::symlink_metadata(self.abs(&parent));
+            if !meta.is_ok_and(|m| m.is_dir()) {
+                return Err(ApplyError::UnsafeParent {
+                    path: rel.clone(),
+                    parent: parent.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `lstat` of `rel`, `None` if it does not exist.
+    pub fn stat(&self, rel: &RelPath) -> Result<Option<fs::Metadata>, ApplyError> {
+        match fs::symlink_metadata(self.abs(rel)) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ApplyError::Io { path: rel.clone(), source: e }),
+        }
+    }
+
+    /// Fails with [`ApplyError::LocalChange`] unless `rel` on disk is what the index says:
+    /// absent for no record or a tombstone, else the same inode, size, mtime and mode.
+    pub fn check_unchanged(
+        &self,
+        rel: &RelPath,
+        indexed: Option<&LocalRecord>,
+    ) -> Result<(), ApplyError> {
+        self.check_parents(rel)?;
+        let current = self.stat(rel)?.map(|m| StatKey::from_metadata(&m));
+        let expected = indexed.filter(|l| !l.record.deleted);
+        let same = match (current, expected) {
+            (None, None) => true,
+            (Some(now), Some(local)) if local.record.kind == EntryKind::Dir => {
+                now.mode & 0o170000 == 0o040000
+            }
+            (Some(now), Some(local)) => {
+                now.ino == local.stat.ino
+                    && now.size == local.stat.size
+                    && now.mtime_ns == local.stat.mtime_ns
+                    && now.mode == local.stat.mode
+            }
+            _ => false,
+        };
+        if same { Ok(()) } else { Err(ApplyError::LocalChange(rel.clone())) }
+    }
+
+    /// The temp file for downloading `record`: beside the target, stable across restarts
+    /// for the same content so a partial transfer resumes.
+    pub fn temp_path(&self, record: &FileRecord) -> PathBuf {
+        let name = record.path.file_name();
+        let suffix = format!("-{}", &record.hash.to_hex()[..16]);
+        let budget = 255 - TEMP_PREFIX.len() - suffix.len();
+        let mut cut = name.len().min(budget);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let file = format!("{TEMP_PREFIX}{}{suffix}", &name[..cut]);
+        match record.path.parent() {
+            Some(parent) => self.abs(&parent).join(file),
+            None => self.root.join(file),
+        }
+    }
+
+    /// Opens (or creates) the temp file for `record`, sized to the record.
+    pub fn open_temp(&self, record: &FileRecord) -> Result<(File, bool), ApplyError> {
+        self.check_parents(&record.path)?;
+        let tmp = self.temp_path(record);
+        let existed = fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc_o_nofollow())
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_at(&record.path))?;
+        file.set_len(record.size).map_err(io_at(&record.path))?;
+        Ok((file, existed))
+    }
+
+    /// Makes the finished temp file of `record` visible under its real name: mode, mtime,
+    /// fsync, a last check that the target is as indexed, rename, directory fsync.
+    pub fn install(
+        &self,
+        file: &File,
+        record: &FileRecord,
+        indexed: Option<&LocalRecord>,
+    ) -> Result<(), ApplyError> {
+        let at = io_at(&record.path);
+        file.set_permissions(fs::Permissions::from_mode(record.mode & 0o7777)).map_err(at)?;
+        file.set_modified(system_time(record.mtime_ns)).map_err(io_at(&record.path))?;
+        file.sync_all().map_err(io_at(&record.path))?;
+        self.check_unchanged(&record.path, indexed)?;
+        if self.stat(&record.path)?.is_some_and(|m| m.is_dir()) {
+            return Err(ApplyError::LocalChange(record.path.clone()));
+        }
+        fs::rename(self.temp_path(record), self.abs(&record.path)).map_err(io_at(&record.path))?;
+        self.sync_parent(&record.path)
+    }
+
+    /// Removes a temp file after a failed transfer that cannot resume.
+    pub fn discard_temp(&self, record: &FileRecord) {
+        let _ = fs::remove_file(self.temp_path(record));
+    }
+
+    /// Creates a directory (its parent must exist).
+    pub fn make_dir(
+        &self,
+        rel: &RelPath,
+        mode: u32,
+        indexed: Option<&LocalRecord>,
+    ) -> Result<(), ApplyError> {
+        self.check_unchanged(rel, indexed)?;
+        if self.stat(rel)?.is_some_and(|m| m.is_dir()) {
+            return Ok(());
+        }
+        fs::create_dir(self.abs(rel)).map_err(io_at(rel))?;
+        fs::set_permissions(self.abs(rel), fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(io_at(rel))?;
+        self.sync_parent(rel)
+    }
+
+    /// Creates or replaces a symlink (never following anything).
+    pub fn make_symlink(
+        &self,
+        rel: &RelPath,
+        target: &str,
+        indexed: Option<&LocalRecord>,
+    ) -> Result<(), ApplyError> {
+        self.check_unchanged(rel, indexed)?;
+        let tmp = self.abs(rel).with_file_name(format!(
+            "{TEMP_PREFIX}link-{}",
+            Hash::of(rel.as_str().as_bytes()).to_hex()
+        ));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp).map_err(io_at(rel))?;
+        fs::rename(&tmp, self.abs(rel)).map_err(io_at(rel))?;
+        self.sync_parent(rel)
+    }
+
+    /// Sets permission bits and (for files) the modification time.
+    pub fn set_metadata(
+        &self,
+        rel: &RelPath,
+        mode: u32,
+        mtime_ns: i64,
+        indexed: Option<&LocalRecord>,
+    ) -> Result<(), ApplyError> {
+        self.check_unchanged(rel, indexed)?;
+        let abs = self.abs(rel);
+        fs::set_permissions(&abs, fs::Permissions::from_mode(mode & 0o7777)).map_err(io_at(rel))?;
+        if self.stat(rel)?.is_some_and(|m| m.is_file()) {
+            let file = File::options()
+                .write(true)
+                .custom_flags(libc_o_nofollow())
+                .open(&abs)
+                .map_err(io_at(rel))?;
+            file.set_modified(system_time(mtime_ns)).map_err(io_at(rel))?;
+        }
+        Ok(())
+    }
+
+    /// Renames `from` to `to`, refusing to replace anything at `to`.
+    pub fn rename(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        from_indexed: Option<&LocalRecord>,
+    ) -> Result<(), ApplyError> {
+        self.check_unchanged(from, from_indexed)?;
+        self.check_parents(to)?;
+        if self.stat(to)?.is_some() {
+            return Err(ApplyError::LocalChange(to.clone()));
+        }
+        fs::rename(self.abs(from), self.abs(to)).map_err(io_at(to))?;
+        self.sync_parent(to)?;
+        self.sync_parent(from)
+    }
+
+    /// Deletes a file, symlink or empty directory that is as indexed.
+    pub fn delete(&self, rel: &RelPath, indexed: Option<&LocalRecord>) -> Result<(), ApplyError> {
+        self.check_unchanged(rel, indexed)?;
+        let Some(meta) = self.stat(rel)? else { return Ok(()) };
+        let result = if meta.is_dir() {
+            fs::remove_dir(self.abs(rel))
+        } else {
+            fs::remove_file(self.abs(rel))
+        };
+        match result {
+            Ok(()) => self.sync_parent(rel),
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+                Err(ApplyError::NotEmpty(rel.clone()))
+            }
+            Err(e) => Err(ApplyError::Io { path: rel.clone(), source: e }),
+        }
+    }
+
+    /// The stat key of what is at `rel` now (default for nothing).
+    pub fn stat_key(&self, rel: &RelPath) -> Result<StatKey, ApplyError> {
+        Ok(self.stat(rel)?.map(|m| StatKey::from_metadata(&m)).unwrap_or_default())
+    }
+
+    fn sync_parent(&self, rel: &RelPath) -> Result<(), ApplyError> {
+        let dir = rel.parent().map(|p| self.abs(&p)).unwrap_or_else(|| self.root.clone());
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(rel))
+    }
+}
+
+/// `O_NOFOLLOW`: opening a symlink fails instead of following it.
+const fn libc_o_nofollow() -> i32 {
+    libc::O_NOFOLLOW
+}
+
+fn system_time(ns: i64) -> std::time::SystemTime {
+    match u64::try_from(ns) {
+        Ok(ns) => UNIX_EPOCH + Duration::from_nanos(ns),
+        Err(_) => UNIX_EPOCH,
+    }
+}
