@@ -22,8 +22,11 @@ pub(super) fn serve(home: &Home) -> anyhow::Result<()> {
 
 pub(super) fn sync(home: &Home, args: SyncArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.timeout);
-    runtime()?.block_on(daemon::run(home, Mode::Once { timeout }))?;
-    eprintln!("in sync");
+    let stats = runtime()?.block_on(daemon::run(home, Mode::Once { timeout }))?;
+    eprintln!(
+        "in sync: {} bytes received from peers, {} bytes reused locally, {} bytes resumed, {} bad chunks rejected",
+        stats.network, stats.reused, stats.resumed, stats.rejected
+    );
     Ok(())
 }
 

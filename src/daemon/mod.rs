@@ -69,8 +69,21 @@ pub enum Mode {
     },
 }
 
+/// What a run moved, for the summary line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunStats {
+    /// Verified chunk bytes received from peers.
+    pub network: u64,
+    /// Chunk bytes copied from local files.
+    pub reused: u64,
+    /// Chunk bytes found in partial temp files.
+    pub resumed: u64,
+    /// Chunks rejected for a bad hash.
+    pub rejected: u64,
+}
+
 /// Runs the daemon.
-pub async fn run(home: &Home, mode: Mode) -> Result<(), DaemonError> {
+pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
     let config = Config::load(home)?;
     let identity = Identity::load(home)?;
     let index_path = home.index_path();
@@ -110,7 +123,14 @@ pub async fn run(home: &Home, mode: Mode) -> Result<(), DaemonError> {
     endpoint.close(CloseCode::Shutdown.as_u32(), "shutdown");
     tasks.abort_all();
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-    result
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    let stats = &inner.stats;
+    result.map(|()| RunStats {
+        network: load(&stats.network),
+        reused: load(&stats.reused),
+        resumed: load(&stats.resumed),
+        rejected: load(&stats.rejected),
+    })
 }
 
 async fn wait_for_signal() {
@@ -210,13 +230,12 @@ async fn wait_in_sync(
         tokio::time::sleep(Duration::from_millis(200)).await;
         let all_attempted =
             attempted.lock().map(|s| s.len() >= config.peers.len()).unwrap_or(false);
-        let connected: Vec<_> =
-            inner.connected().into_iter().map(|(id, s)| (id, s.shared, s.received_index)).collect();
-        let status = in_sync_status(inner, config, &connected);
+        let reached: Vec<_> =
+            inner.reached().into_iter().map(|(id, s)| (id, s.shared, s.received_index)).collect();
+        let status = in_sync_status(inner, config, &reached);
         match status {
-            Ok(()) if all_attempted && !connected.is_empty() => return Ok(()),
-            Ok(()) if all_attempted && !config.peers.is_empty() => return Err(DaemonError::NoPeer),
-            Ok(()) if config.peers.is_empty() => return Err(DaemonError::NoPeer),
+            Ok(()) if all_attempted && !reached.is_empty() => return Ok(()),
+            Ok(()) if all_attempted || config.peers.is_empty() => return Err(DaemonError::NoPeer),
             _ => {}
         }
         if started.elapsed() >= timeout {

@@ -56,7 +56,6 @@ pub(crate) struct PeerState {
 struct PeerEntry {
     conn: quinn::Connection,
     dialer: DeviceId,
-    state: PeerState,
 }
 
 /// State shared by the sessions, the runners and the daemon.
@@ -71,13 +70,44 @@ pub struct Inner {
     pub home: Home,
     config: RwLock<Config>,
     peers: Mutex<BTreeMap<DeviceId, PeerEntry>>,
+    reached: Mutex<BTreeMap<DeviceId, PeerState>>,
     folder_wakeups: Mutex<BTreeMap<FolderId, Arc<Notify>>>,
     folder_clean: Mutex<BTreeMap<FolderId, bool>>,
     /// Bumped after every local index change; sessions send updates when it moves.
     pub local_changes: watch::Sender<u64>,
     /// Byte counters.
     pub stats: Stats,
+    /// Fault injection for tests (from environment variables).
+    pub faults: Faults,
     request_ids: AtomicU64,
+}
+
+/// Faults a test can inject into a real daemon through environment variables. Production
+/// never sets them; each one is logged loudly when active.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// `TANDEM_TEST_CORRUPT_RESPONSES=1`: flip a byte in every chunk we serve.
+    pub corrupt_responses: bool,
+    /// `TANDEM_TEST_RESPONSE_DELAY_MS=N`: wait N ms before answering each request.
+    pub response_delay_ms: u64,
+}
+
+impl Faults {
+    /// Reads the fault variables.
+    pub fn from_env() -> Self {
+        let faults = Self {
+            corrupt_responses: std::env::var("TANDEM_TEST_CORRUPT_RESPONSES")
+                .is_ok_and(|v| v == "1"),
+            response_delay_ms: std::env::var("TANDEM_TEST_RESPONSE_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        };
+        if faults.corrupt_responses || faults.response_delay_ms > 0 {
+            tracing::warn!("TEST FAULTS ACTIVE: {faults:?}");
+        }
+        faults
+    }
 }
 
 impl Inner {
@@ -90,10 +120,12 @@ impl Inner {
             home,
             config: RwLock::new(config),
             peers: Mutex::new(BTreeMap::new()),
+            reached: Mutex::new(BTreeMap::new()),
             folder_wakeups: Mutex::new(BTreeMap::new()),
             folder_clean: Mutex::new(BTreeMap::new()),
             local_changes: watch::Sender::new(0),
             stats: Stats::default(),
+            faults: Faults::from_env(),
             request_ids: AtomicU64::new(1),
         }
     }
@@ -149,7 +181,7 @@ impl Inner {
                 b"duplicate connection",
             );
         }
-        peers.insert(peer, PeerEntry { conn, dialer, state: PeerState::default() });
+        peers.insert(peer, PeerEntry { conn, dialer });
         true
     }
 
@@ -162,36 +194,33 @@ impl Inner {
     }
 
     pub(crate) fn set_peer_state(&self, peer: &DeviceId, state: PeerState) {
-        if let Ok(mut peers) = self.peers.lock()
-            && let Some(entry) = peers.get_mut(peer)
-        {
-            entry.state = state;
+        if let Ok(mut reached) = self.reached.lock() {
+            reached.insert(*peer, state);
         }
     }
 
     pub(crate) fn mark_index_received(&self, peer: &DeviceId, folder: &FolderId) {
-        if let Ok(mut peers) = self.peers.lock()
-            && let Some(entry) = peers.get_mut(peer)
-            && !entry.state.received_index.contains(folder)
-        {
-            entry.state.received_index.push(folder.clone());
+        if let Ok(mut reached) = self.reached.lock() {
+            let known = reached.entry(*peer).or_default();
+            if !known.received_index.contains(folder) {
+                known.received_index.push(folder.clone());
+            }
         }
+    }
+
+    /// Every peer a session was established with since start, with what it shared and
+    /// sent (kept after it disconnects: its records stay in the index).
+    pub(crate) fn reached(&self) -> Vec<(DeviceId, PeerState)> {
+        self.reached
+            .lock()
+            .map(|r| r.iter().map(|(id, s)| (*id, s.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// The live connection to `peer`, if any.
     pub fn connection(&self, peer: &DeviceId) -> Option<quinn::Connection> {
         let peers = self.peers.lock().ok()?;
         peers.get(peer).filter(|e| e.conn.close_reason().is_none()).map(|e| e.conn.clone())
-    }
-
-    /// Connected peers and what their sessions know.
-    pub(crate) fn connected(&self) -> Vec<(DeviceId, PeerState)> {
-        let Ok(peers) = self.peers.lock() else { return Vec::new() };
-        peers
-            .iter()
-            .filter(|(_, e)| e.conn.close_reason().is_none())
-            .map(|(id, e)| (*id, e.state.clone()))
-            .collect()
     }
 
     /// Wakes the runner of `folder`.
@@ -434,10 +463,7 @@ async fn apply(
         Action::Rename { from, record } => {
             fs.check_unchanged(&record.path, local.get(&record.path))?;
             fs.rename(from, &record.path, local.get(from))?;
-            fs.set_metadata(&record.path, record.mode, record.mtime_ns, None).or_else(|e| match e {
-                ApplyError::LocalChange(_) => Ok(()),
-                other => Err(other),
-            })
+            fs.apply_metadata(&record.path, record.mode, record.mtime_ns)
         }
         Action::MakeSymlink { path, target } => fs.make_symlink(path, target, local.get(path)),
         Action::SetMetadata { path, mode, mtime_ns } => {

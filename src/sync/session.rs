@@ -320,9 +320,18 @@ async fn answer(
         return ResponseBody::Error(tandem_proto::wire::ErrorCode::NotShared);
     };
     let request = request.clone();
+    if inner.faults.response_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(inner.faults.response_delay_ms)).await;
+    }
     let read =
         tokio::task::spawn_blocking(move || serve_read(&FolderFs::new(root), &request)).await;
     match read {
+        Ok(Ok(mut data)) if inner.faults.corrupt_responses => {
+            if let Some(first) = data.first_mut() {
+                *first ^= 0xFF;
+            }
+            ResponseBody::Data(data)
+        }
         Ok(Ok(data)) => ResponseBody::Data(data),
         Ok(Err(code)) => ResponseBody::Error(code),
         Err(_) => ResponseBody::Error(tandem_proto::wire::ErrorCode::Io),

@@ -241,6 +241,17 @@ impl FolderFs {
         indexed: Option<&LocalRecord>,
     ) -> Result<(), ApplyError> {
         self.check_unchanged(rel, indexed)?;
+        self.apply_metadata(rel, mode, mtime_ns)
+    }
+
+    /// Sets permission bits and (for files) the modification time of what is at `rel` now,
+    /// which the caller has just put there.
+    pub fn apply_metadata(
+        &self,
+        rel: &RelPath,
+        mode: u32,
+        mtime_ns: i64,
+    ) -> Result<(), ApplyError> {
         let abs = self.abs(rel);
         fs::set_permissions(&abs, fs::Permissions::from_mode(mode & 0o7777)).map_err(io_at(rel))?;
         if self.stat(rel)?.is_some_and(|m| m.is_file()) {

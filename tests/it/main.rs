@@ -8,4 +8,5 @@
 mod cli;
 mod scan;
 mod support;
+mod sync;
 mod tidy;

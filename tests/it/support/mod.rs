@@ -156,3 +156,176 @@ pub(crate) fn is_root() -> bool {
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
 }
+
+/// A free UDP port on 127.0.0.1 (bound and released; good enough for tests).
+pub(crate) fn free_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("addr").port()
+}
+
+/// A running `tandem serve`, killed when dropped.
+pub(crate) struct Daemon {
+    child: std::process::Child,
+    pub(crate) log: PathBuf,
+}
+
+impl Daemon {
+    /// Kills the daemon at once (SIGKILL), as a crash would.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub(crate) fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait")
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Device {
+    /// A device listening on a free loopback port, rescanning every second, with a folder
+    /// `docs` (not yet shared).
+    pub(crate) fn peer() -> Self {
+        let device = Self::bare();
+        let listen = format!("127.0.0.1:{}", free_port());
+        device.ok(&["init", "--name", "test", "--listen", &listen]);
+        let config = device.home().join("config.toml");
+        let text = std::fs::read_to_string(&config).expect("config");
+        std::fs::write(&config, text.replace("rescan_secs = 10", "rescan_secs = 1"))
+            .expect("config");
+        std::fs::create_dir(device.folder()).expect("mkdir docs");
+        device.ok(&["folder", "add", "docs", device.folder().to_str().expect("utf-8")]);
+        device
+    }
+
+    pub(crate) fn id(&self) -> String {
+        self.ok(&["id"]).trim().to_string()
+    }
+
+    pub(crate) fn listen(&self) -> String {
+        let text = std::fs::read_to_string(self.home().join("config.toml")).expect("config");
+        let line = text.lines().find(|l| l.starts_with("listen")).expect("listen line");
+        line.split('"').nth(1).expect("quoted").to_string()
+    }
+
+    /// Trusts `other` and shares `docs` with it.
+    pub(crate) fn trust(&self, other: &Self) {
+        let id = other.id();
+        self.ok(&["peer", "add", &id, "--addr", &other.listen()]);
+        self.ok(&["folder", "share", "docs", &id]);
+    }
+
+    /// Starts `tandem serve` with extra environment variables.
+    pub(crate) fn serve_with(&self, env: &[(&str, &str)]) -> Daemon {
+        let log = self.dir.path().join(format!("serve-{}.log", free_port()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = self.command();
+        cmd.args(["serve", "--log-level", "info"]).stdout(std::process::Stdio::null()).stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon { child: cmd.spawn().expect("spawn serve"), log }
+    }
+
+    pub(crate) fn serve(&self) -> Daemon {
+        self.serve_with(&[])
+    }
+
+    /// `tandem sync`: (success, stderr).
+    pub(crate) fn sync(&self, timeout_secs: u64) -> (bool, String) {
+        let out =
+            self.run(&["sync", "--timeout", &timeout_secs.to_string(), "--log-level", "info"]);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// `tandem sync`, asserting success; returns the numbers of its summary line.
+    pub(crate) fn sync_ok(&self) -> SyncSummary {
+        let (ok, stderr) = self.sync(60);
+        assert!(ok, "sync failed:\n{stderr}");
+        SyncSummary::parse(&stderr)
+    }
+
+    /// The folder's content: path → kind and content (hash, or symlink target).
+    pub(crate) fn tree(&self) -> std::collections::BTreeMap<String, String> {
+        tree(&self.folder())
+    }
+}
+
+/// The numbers `tandem sync` prints when it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SyncSummary {
+    pub(crate) network: u64,
+    pub(crate) reused: u64,
+    pub(crate) resumed: u64,
+    pub(crate) rejected: u64,
+}
+
+impl SyncSummary {
+    fn parse(stderr: &str) -> Self {
+        let line = stderr.lines().find(|l| l.starts_with("in sync:")).expect("summary line");
+        let nums: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        Self { network: nums[0], reused: nums[1], resumed: nums[2], rejected: nums[3] }
+    }
+}
+
+/// What a user would compare between replicas: every entry (tandem's own files aside),
+/// with its kind, content hash or link target, and permission bits.
+pub(crate) fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let path = entry.path();
+            let rel = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+            if rel.starts_with(".tandem")
+                || entry.file_name().to_string_lossy().starts_with(".tandem-tmp-")
+            {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).expect("lstat");
+            let value = if meta.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&path).expect("readlink").display())
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                format!("dir {:o}", meta.permissions().mode() & 0o7777)
+            } else {
+                format!("file {:o} {}", meta.permissions().mode() & 0o7777, b3sum(&path))
+            };
+            out.insert(rel, value);
+        }
+    }
+    out
+}
+
+/// Polls `check` until it is true or `secs` pass; returns whether it became true.
+pub(crate) fn wait_until(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    check()
+}
+
+/// `len` pseudo-random bytes from a seed (BLAKE3 in XOF mode: fast and reproducible).
+pub(crate) fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
+    out
+}

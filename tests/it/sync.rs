@@ -1,0 +1,200 @@
+//! Replicas syncing for real: `tandem serve` and `tandem sync` processes talking QUIC over
+//! 127.0.0.1, each with its own home and folder.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::{Device, random_bytes, wait_until};
+
+fn generated_tree(d: &Device, seed: u64) {
+    for i in 0..120u64 {
+        let dir = format!("d{}/e{}", i % 7, i % 3);
+        let len = (i * 997 % 40_000) as usize;
+        d.write(&format!("{dir}/f{seed}-{i}.bin"), &random_bytes(seed * 1000 + i, len));
+    }
+    d.write("empty.txt", b"");
+    d.write("big.bin", &random_bytes(seed, 3 << 20));
+    fs::create_dir_all(d.path("empty-dir")).unwrap();
+    std::os::unix::fs::symlink("big.bin", d.path("link-to-big")).unwrap();
+}
+
+fn pair() -> (Device, Device) {
+    let (a, b) = (Device::peer(), Device::peer());
+    a.trust(&b);
+    b.trust(&a);
+    (a, b)
+}
+
+#[test]
+fn initial_sync_of_a_generated_tree_between_two_replicas() {
+    let (a, b) = pair();
+    generated_tree(&a, 1);
+    b.write("from-b/note.txt", b"written on b");
+    let _serve = a.serve();
+    let summary = b.sync_ok();
+    assert!(summary.network > 3 << 20, "{summary:?}");
+    assert!(wait_until(20, || a.tree() == b.tree()), "trees differ");
+    assert!(a.tree().contains_key("from-b/note.txt"));
+    assert_eq!(b.tree()["link-to-big"], "link big.bin");
+    assert_eq!(b.tree()["empty.txt"], a.tree()["empty.txt"]);
+}
+
+#[test]
+fn three_replicas_converge() {
+    let (a, b, c) = (Device::peer(), Device::peer(), Device::peer());
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &a), (&b, &c), (&c, &a), (&c, &b)] {
+        x.trust(y);
+    }
+    generated_tree(&a, 2);
+    b.write("b.txt", b"from b");
+    c.write("c/c.txt", b"from c");
+    let _daemons = [a.serve(), b.serve(), c.serve()];
+    let converged = wait_until(60, || {
+        let t = a.tree();
+        t.contains_key("b.txt") && t.contains_key("c/c.txt") && t == b.tree() && t == c.tree()
+    });
+    assert!(converged, "a={:?}\nc={:?}", a.tree().len(), c.tree().len());
+}
+
+#[test]
+fn edits_deletes_renames_dirs_symlinks_and_modes_propagate() {
+    let (a, b) = pair();
+    a.write("keep.txt", b"one");
+    a.write("gone.txt", b"bye");
+    a.write("old-name.txt", b"rename me");
+    a.write("dir/inner.txt", b"inner");
+    let _daemons = [a.serve(), b.serve()];
+    assert!(wait_until(30, || a.tree() == b.tree() && b.tree().contains_key("dir/inner.txt")));
+    a.write("keep.txt", b"two, and longer");
+    fs::remove_file(a.path("gone.txt")).unwrap();
+    fs::rename(a.path("old-name.txt"), a.path("new-name.txt")).unwrap();
+    fs::rename(a.path("dir"), a.path("moved-dir")).unwrap();
+    fs::create_dir_all(a.path("fresh/deeper")).unwrap();
+    a.write("fresh/deeper/empty", b"");
+    std::os::unix::fs::symlink("../keep.txt", a.path("fresh/link")).unwrap();
+    fs::set_permissions(a.path("new-name.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    let converged = wait_until(30, || a.tree() == b.tree() && b.tree().contains_key("fresh/link"));
+    assert!(converged, "a: {:#?}\nb: {:#?}", a.tree(), b.tree());
+    assert!(!b.path("gone.txt").exists());
+    assert!(!b.path("dir").exists());
+    assert_eq!(fs::read(b.path("keep.txt")).unwrap(), b"two, and longer");
+    let mode = fs::metadata(b.path("new-name.txt")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn a_concurrent_edit_made_while_disconnected_ends_with_one_identical_conflict_copy() {
+    let (a, b) = pair();
+    a.write("report.txt", b"base version");
+    {
+        let _serve = a.serve();
+        b.sync_ok();
+    }
+    a.write("report.txt", b"edited on a, offline");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    b.write("report.txt", b"edited on b, offline, longer");
+    let _serve = a.serve();
+    b.sync_ok();
+    assert!(wait_until(30, || a.tree() == b.tree()), "a: {:#?}\nb: {:#?}", a.tree(), b.tree());
+    let tree = b.tree();
+    let copies: Vec<&String> = tree.keys().filter(|p| p.contains(".sync-conflict-")).collect();
+    assert_eq!(copies.len(), 1, "{tree:#?}");
+    assert!(
+        copies[0].starts_with("report.sync-conflict-") && copies[0].ends_with(".txt"),
+        "{copies:?}"
+    );
+    let contents = [fs::read(b.path("report.txt")).unwrap(), fs::read(b.path(copies[0])).unwrap()];
+    assert!(contents.contains(&b"edited on a, offline".to_vec()));
+    assert!(contents.contains(&b"edited on b, offline, longer".to_vec()));
+}
+
+#[test]
+fn an_untrusted_device_cannot_connect_or_read_anything() {
+    let (a, b) = pair();
+    a.write("secret.txt", b"for b only");
+    let stranger = Device::peer();
+    stranger.trust(&a); // the stranger trusts a, but a does not trust the stranger
+    let serve = a.serve();
+    let (ok, stderr) = stranger.sync(5);
+    assert!(!ok, "an untrusted device synced:\n{stderr}");
+    assert!(stranger.tree().is_empty(), "{:?}", stranger.tree());
+    let log = serve.log_text();
+    assert!(log.contains(&format!("untrusted device {}", stranger.id())), "{log}");
+    drop(b);
+}
+
+#[test]
+fn a_peer_that_sends_chunks_with_a_wrong_hash_is_not_believed() {
+    let (a, b) = pair();
+    let data = random_bytes(7, 1 << 20);
+    a.write("data.bin", &data);
+    {
+        let _bad = a.serve_with(&[("TANDEM_TEST_CORRUPT_RESPONSES", "1")]);
+        let (ok, stderr) = b.sync(8);
+        assert!(!ok, "sync claimed success with corrupt chunks:\n{stderr}");
+        assert!(stderr.contains("failed verification"), "{stderr}");
+        assert!(!b.path("data.bin").exists(), "corrupt data became visible");
+    }
+    let _good = a.serve();
+    b.sync_ok();
+    assert_eq!(fs::read(b.path("data.bin")).unwrap(), data);
+}
+
+#[test]
+fn a_transfer_killed_half_way_resumes_without_resending_what_arrived() {
+    let (a, b) = pair();
+    let data = random_bytes(11, 48 << 20);
+    a.write("large.bin", &data);
+    {
+        let _slow = a.serve_with(&[("TANDEM_TEST_RESPONSE_DELAY_MS", "150")]);
+        let mut receiver = b.serve();
+        let started = wait_until(30, || {
+            fs::read_dir(b.folder())
+                .unwrap()
+                .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".tandem-tmp-"))
+        });
+        assert!(started, "no transfer started: {}", receiver.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        receiver.kill();
+        assert!(!b.path("large.bin").exists(), "a partial file is visible under its real name");
+    }
+    let _fast = a.serve();
+    let summary = b.sync_ok();
+    assert_eq!(fs::read(b.path("large.bin")).unwrap(), data);
+    assert!(summary.resumed > 0, "nothing resumed: {summary:?}");
+    assert!(summary.network < data.len() as u64, "everything was sent again: {summary:?}");
+    assert_eq!(
+        summary.network + summary.resumed + summary.reused,
+        data.len() as u64,
+        "{summary:?}"
+    );
+}
+
+#[test]
+fn a_renamed_directory_of_1000_files_and_a_renamed_1_gib_file_cross_no_chunk() {
+    let (a, b) = pair();
+    let big = random_bytes(3, 1 << 30);
+    for d in [&a, &b] {
+        d.write("big.iso", &big);
+        for i in 0..1000u64 {
+            d.write(&format!("photos/img{i:04}.jpg"), &random_bytes(100 + i, 2000));
+        }
+    }
+    drop(big);
+    let _serve = a.serve();
+    let adopted = b.sync_ok();
+    assert_eq!(adopted.network, 0, "identical pre-filled replicas must be adopted: {adopted:?}");
+    fs::rename(a.path("photos"), a.path("album")).unwrap();
+    fs::rename(a.path("big.iso"), a.path("archive.iso")).unwrap();
+    assert!(wait_until(30, || a.ok(&["--help"]).contains("sync")));
+    std::thread::sleep(std::time::Duration::from_secs(2)); // a rescans (every second)
+    let moved = b.sync_ok();
+    assert_eq!(moved.network, 0, "renames must not download: {moved:?}");
+    let converged = wait_until(30, || a.tree() == b.tree());
+    let (ta, tb) = (a.tree(), b.tree());
+    let only_a: Vec<_> = ta.iter().filter(|(k, v)| tb.get(*k) != Some(v)).take(5).collect();
+    let only_b: Vec<_> = tb.iter().filter(|(k, v)| ta.get(*k) != Some(v)).take(5).collect();
+    assert!(converged, "differ: a {only_a:?}\nb {only_b:?}");
+    assert!(b.path("album/img0999.jpg").exists() && !b.path("photos").exists());
+    assert!(b.path("archive.iso").exists() && !b.path("big.iso").exists());
+}
