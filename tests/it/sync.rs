@@ -198,3 +198,13 @@ fn a_renamed_directory_of_1000_files_and_a_renamed_1_gib_file_cross_no_chunk() {
     assert!(b.path("album/img0999.jpg").exists() && !b.path("photos").exists());
     assert!(b.path("archive.iso").exists() && !b.path("big.iso").exists());
 }
+
+#[test]
+fn serve_shuts_down_cleanly_on_sigterm() {
+    let (a, _b) = pair();
+    let mut daemon = a.serve();
+    assert!(wait_until(10, || daemon.log_text().contains("listening on")), "{}", daemon.log_text());
+    let status = daemon.stop();
+    assert!(status.success(), "{status:?}: {}", daemon.log_text());
+    assert!(daemon.log_text().contains("shutting down"));
+}
