@@ -13,7 +13,8 @@ use proptest::prelude::*;
 use crate::check;
 use crate::codec;
 use crate::model::{
-    ChunkRef, Counter, EntryKind, FileRecord, FolderId, Hash, RelPath, ShortId, VersionVector,
+    ChunkRef, Counter, DeviceId, EntryKind, FileRecord, FolderId, Hash, RelPath, ShortId,
+    VersionVector,
 };
 use crate::wire::{
     Close, CloseCode, ClusterConfig, ErrorCode, FolderShare, FrameDecoder, FrameError, Hello,
@@ -273,6 +274,43 @@ fn model_values_have_their_documented_layout() {
     check_encoding(VersionVector::new(), &[0x00]);
 }
 
+/// The device id text form, computed step by step as PROTOCOL.md section 3.1 says.
+fn spec_device_id_text(bytes: &[u8; 32]) -> String {
+    let data = data_encoding::BASE32_NOPAD.encode(bytes);
+    let mut key = [0u8; 32];
+    key[..28].copy_from_slice(b"tandem device id checksum v1");
+    let digest = blake3::keyed_hash(&key, data.as_bytes());
+    let check = data_encoding::BASE32_NOPAD.encode(&digest.as_bytes()[..3]);
+    let text = format!("{data}{}", &check[..4]);
+    let groups: Vec<&str> = (0..8).map(|g| &text[g * 7..g * 7 + 7]).collect();
+    groups.join("-")
+}
+
+#[test]
+fn device_ids_have_the_documented_text_form_and_short_id() {
+    let spki = b"a SubjectPublicKeyInfo";
+    let id = DeviceId::from_public_key_info(spki);
+    assert_eq!(id.as_bytes(), blake3::hash(spki).as_bytes());
+    for bytes in [*id.as_bytes(), [0; 32], [0xFF; 32]] {
+        let id = DeviceId::from_bytes(bytes);
+        let text = spec_device_id_text(&bytes);
+        assert_eq!(id.to_string(), text);
+        assert_eq!(text.to_lowercase().replace('-', " ").parse::<DeviceId>(), Ok(id));
+        let short = u64::from_be_bytes(bytes[..8].try_into().unwrap());
+        assert_eq!(id.short(), ShortId::new(short));
+        assert_eq!(id.short().to_string(), text[..7]);
+    }
+    // [0xFF; 32] ends in base32 '7' + 'Q' (1 bit used): 'R' sets an unused bit.
+    let data = data_encoding::BASE32_NOPAD.encode(&[0xFF; 32]);
+    assert!(data.ends_with('Q'));
+    let mut key = [0u8; 32];
+    key[..28].copy_from_slice(b"tandem device id checksum v1");
+    let bad = format!("{}R", &data[..51]);
+    let check = data_encoding::BASE32_NOPAD
+        .encode(&blake3::keyed_hash(&key, bad.as_bytes()).as_bytes()[..3]);
+    assert!(format!("{bad}{}", &check[..4]).parse::<DeviceId>().is_err());
+}
+
 #[test]
 fn decoding_normalizes_version_vectors() {
     // Unsorted, a duplicate id and a zero counter: sorted, maximum kept, zero dropped.
@@ -282,7 +320,7 @@ fn decoding_normalizes_version_vectors() {
 
 #[test]
 fn hostile_names_fail_the_whole_message() {
-    for bad in ["", "/etc/passwd", "../x", "a//b", "a\0b", "a\\b"] {
+    for bad in ["", "/etc/passwd", "../x", "a//b", "a/./b", "a\0b", "a\u{7f}", "a\u{9f}", "a\\b"] {
         let mut request = codec::encode(&request());
         // Tag 04, id 2A, folder 04 "docs", then the path's length and bytes.
         let rest = request.split_off(7);
