@@ -5,8 +5,11 @@
 //! value that decodes re-encodes to the same meaning. The fuzz targets are three-line shims
 //! over these, and proptests run them on stable so CI exercises them without a fuzzer.
 
+use std::mem::discriminant;
+
 use crate::codec;
 use crate::model::{DeviceId, FileRecord, RelPath, VersionVector};
+use crate::wire::{FrameDecoder, FrameError, Message, decode_frame, encode_frame};
 
 /// Any text either is refused as a path or is a path whose invariants hold.
 pub fn check_rel_path(data: &[u8]) {
@@ -46,6 +49,64 @@ pub fn check_device_id(data: &[u8]) {
     }
 }
 
+/// Any bytes, split into pieces at any points, decode to the same messages (and the same
+/// first error) as when fed at once, without a panic; every decoded message re-encodes to a
+/// frame no longer than its input's share that decodes to the same message.
+///
+/// `data[0]` picks the piece size (1 to 16 bytes); the rest is the stream.
+pub fn check_frame_decode(data: &[u8]) {
+    let Some((&split, stream)) = data.split_first() else { return };
+    let whole = decode_stream([stream]);
+    let pieces = decode_stream(stream.chunks(usize::from(split % 16) + 1));
+    assert_eq!(pieces.0, whole.0, "splitting the stream changed the messages");
+    assert_eq!(
+        pieces.1.as_ref().map(discriminant),
+        whole.1.as_ref().map(discriminant),
+        "splitting the stream changed the error: {:?} vs {:?}",
+        pieces.1,
+        whole.1
+    );
+    for message in &whole.0 {
+        let frame = encode_frame(message).expect("a decoded message fits in a frame");
+        assert!(frame.len() <= stream.len(), "re-encoding grew the frame");
+        assert_eq!(&decode_frame(&frame).expect("a re-encoded frame decodes"), message);
+    }
+}
+
+/// Feeds `pieces` to a [`FrameDecoder`]: the messages until the first error, and that error
+/// (a leftover partial frame at the end is [`FrameError::Truncated`]).
+fn decode_stream<'a>(
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> (Vec<Message>, Option<FrameError>) {
+    let mut decoder = FrameDecoder::default();
+    let mut messages = Vec::new();
+    for piece in pieces {
+        if let Err(err) = decoder.push(piece) {
+            return (messages, Some(err));
+        }
+        loop {
+            match decoder.next_message() {
+                Ok(Some(message)) => messages.push(message),
+                Ok(None) => break,
+                Err(err) => return (messages, Some(err)),
+            }
+        }
+    }
+    (messages, decoder.finish().err())
+}
+
+/// Any bytes either fail to decode as a message body or decode to a message whose
+/// encoding is no longer than the input, decodes to the same message, and is canonical
+/// (encoding that again gives the same bytes).
+pub fn check_message_roundtrip(data: &[u8]) {
+    let Ok(message) = codec::decode::<Message>(data) else { return };
+    let bytes = codec::encode(&message);
+    assert!(bytes.len() <= data.len(), "re-encoding grew the message");
+    let again: Message = codec::decode(&bytes).expect("a re-encoded message decodes");
+    assert_eq!(again, message);
+    assert_eq!(codec::encode(&again), bytes, "the encoding is not canonical");
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -71,6 +132,16 @@ mod tests {
         #[test]
         fn version_decode_check_holds_for_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..100)) {
             check_version_decode(&data);
+        }
+
+        #[test]
+        fn frame_decode_check_holds_for_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            check_frame_decode(&data);
+        }
+
+        #[test]
+        fn message_roundtrip_check_holds_for_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            check_message_roundtrip(&data);
         }
 
         #[test]

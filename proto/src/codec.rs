@@ -11,13 +11,13 @@ use serde::de::DeserializeOwned;
 /// Largest encoded value accepted by [`decode`], in bytes.
 pub const MAX_ENCODED: usize = 64 << 20;
 
-type Config = bincode::config::Configuration<
+type Config<const LIMIT: usize = MAX_ENCODED> = bincode::config::Configuration<
     bincode::config::LittleEndian,
     bincode::config::Varint,
-    bincode::config::Limit<MAX_ENCODED>,
+    bincode::config::Limit<LIMIT>,
 >;
 
-const fn config() -> Config {
+const fn config<const LIMIT: usize>() -> Config<LIMIT> {
     bincode::config::standard().with_little_endian().with_variable_int_encoding().with_limit()
 }
 
@@ -36,19 +36,30 @@ pub enum CodecError {
 /// limit is a programming error caught here as an empty output rather than a panic.
 #[allow(clippy::disallowed_methods)] // this module is the one owner of bincode
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(value, config()).unwrap_or_default()
+    bincode::serde::encode_to_vec(value, config::<MAX_ENCODED>()).unwrap_or_default()
 }
 
 /// Encodes a value, reporting a value too large for the limit.
 #[allow(clippy::disallowed_methods)] // this module is the one owner of bincode
 pub fn try_encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Malformed(e.to_string()))
+    bincode::serde::encode_to_vec(value, config::<MAX_ENCODED>())
+        .map_err(|e| CodecError::Malformed(e.to_string()))
 }
 
 /// Decodes exactly one value from `bytes`.
-#[allow(clippy::disallowed_methods)] // this module is the one owner of bincode
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+    decode_within::<T, MAX_ENCODED>(bytes)
+}
+
+/// Decodes exactly one value from `bytes`, with a size limit of `LIMIT` bytes instead of
+/// [`MAX_ENCODED`]: the bytes read plus every length a string claims (bincode allocates a
+/// string's buffer before reading it) stay within `LIMIT`. The frame decoder passes the
+/// frame limit, so a few hostile bytes claiming a huge string cannot allocate past it.
+#[allow(clippy::disallowed_methods)] // this module is the one owner of bincode
+pub fn decode_within<T: DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config::<LIMIT>())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::TrailingBytes(bytes.len() - used));

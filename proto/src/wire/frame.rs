@@ -70,7 +70,7 @@ impl FrameDecoder {
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
-        let message = codec::decode(&self.buf[4..4 + len]);
+        let message = codec::decode_within::<Message, MAX_FRAME>(&self.buf[4..4 + len]);
         self.buf.drain(..4 + len);
         Ok(Some(message?))
     }
@@ -93,7 +93,7 @@ impl FrameDecoder {
         match self.buf.get(..4) {
             Some(prefix) => {
                 let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-                (4 + len).saturating_sub(self.buf.len())
+                len.saturating_add(4).saturating_sub(self.buf.len())
             }
             None => 4 - self.buf.len(),
         }

@@ -7,6 +7,9 @@
 pub mod frame;
 pub mod message;
 
+#[cfg(test)]
+mod tests;
+
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME, decode_frame, encode_frame};
 pub use message::{
     ALPN, Close, CloseCode, ClusterConfig, ErrorCode, FolderShare, Hello, IndexBatch,
