@@ -2,7 +2,8 @@
 //!
 //! bincode 2 with a fixed configuration: little-endian, variable-length integers, and a hard
 //! size limit so that decoding hostile bytes can never allocate more than [`MAX_ENCODED`].
-//! Decoding refuses trailing bytes, so one value has exactly one encoding. No other module
+//! Decoding refuses trailing bytes; encoding is canonical (decoding is lenient about
+//! non-minimal varints and normalizes version vectors). No other module
 //! calls bincode (the shell's `clippy.toml` bans it); change the format here or nowhere.
 
 use serde::Serialize;

@@ -25,6 +25,9 @@ pub enum StoreError {
     /// redb reported an error (IO, corruption, locking).
     #[error("index database: {0}")]
     Db(#[from] redb::Error),
+    /// Another process (a running `tandem serve` or `sync`) has the index open.
+    #[error("the index is in use by another tandem process (a running `tandem serve` or `sync`)")]
+    InUse,
     /// A stored value could not be decoded.
     #[error("index entry {folder}/{key}: {source}")]
     Corrupt {
@@ -62,7 +65,10 @@ pub struct Index {
 impl Index {
     /// Opens the index at `path`, creating it if needed.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(db_err)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+            other => db_err(other),
+        })?;
         let txn = db.begin_write().map_err(db_err)?;
         {
             txn.open_table(FILES).map_err(db_err)?;
@@ -396,5 +402,5 @@ fn new_index_id(folder: &str) -> u64 {
     let digest = blake3::hash(seed.as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest.as_bytes()[..8]);
-    u64::from_le_bytes(first)
+    u64::from_le_bytes(first).max(1)
 }

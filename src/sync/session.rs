@@ -215,7 +215,7 @@ async fn send_since(
         tx.send(&Message::Index(batch)).await?;
         return Ok(last);
     }
-    for chunk in records.chunks(MAX_INDEX_BATCH) {
+    for chunk in batches(&records) {
         let records: Vec<_> = chunk.iter().map(|l| l.record.clone()).collect();
         last = records.iter().map(|r| r.sequence).max().unwrap_or(last).max(last);
         let batch = IndexBatch { folder: folder.clone(), records, first };
@@ -224,6 +224,26 @@ async fn send_since(
         first = false;
     }
     Ok(last)
+}
+
+/// Splits records into batches of at most `MAX_INDEX_BATCH` records and about a quarter of
+/// the frame limit (a chunk costs at most ~45 encoded bytes, a record's rest ~300).
+fn batches(records: &[crate::store::LocalRecord]) -> Vec<&[crate::store::LocalRecord]> {
+    const BUDGET: usize = tandem_proto::wire::MAX_FRAME / 4;
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (idx, local) in records.iter().enumerate() {
+        let cost = 300 + local.record.path.as_str().len() + 45 * local.record.chunks.len();
+        if idx > start && (idx - start >= MAX_INDEX_BATCH || size + cost > BUDGET) {
+            out.push(&records[start..idx]);
+            (start, size) = (idx, 0);
+        }
+        size += cost;
+    }
+    if start < records.len() {
+        out.push(&records[start..]);
+    }
+    out
 }
 
 /// Receives the peer's records until the control stream ends.
@@ -236,7 +256,11 @@ async fn receive(
     let peer_key = peer.to_string();
     loop {
         let batch = match rx.recv().await? {
-            Some(Message::Index(b)) | Some(Message::IndexUpdate(b)) => b,
+            Some(Message::Index(b)) => b,
+            Some(Message::IndexUpdate(b)) if b.first => {
+                return Err(ProtocolError::Violation("IndexUpdate with first set".into()));
+            }
+            Some(Message::IndexUpdate(b)) => b,
             Some(Message::Ping) => continue,
             Some(Message::Close(c)) => return Err(ProtocolError::Closed(c.reason)),
             None => return Ok(()),

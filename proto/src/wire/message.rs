@@ -101,7 +101,7 @@ pub struct Request {
     pub path: RelPath,
     /// Byte offset.
     pub offset: u64,
-    /// Byte count (at most the frame limit minus overhead).
+    /// Byte count, at most [`MAX_REQUEST`].
     pub size: u32,
     /// BLAKE3 of the expected bytes; the responder may refuse bytes that do not match.
     pub hash: Hash,
