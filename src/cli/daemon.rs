@@ -22,7 +22,8 @@ pub(super) fn serve(home: &Home) -> anyhow::Result<()> {
 
 pub(super) fn sync(home: &Home, args: SyncArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.timeout);
-    let stats = runtime()?.block_on(daemon::run(home, Mode::Once { timeout }))?;
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let stats = runtime()?.block_on(daemon::run(home, Mode::Once { timeout, progress }))?;
     eprintln!(
         "in sync: {} bytes received from peers, {} bytes reused locally, {} bytes resumed, {} bad chunks rejected",
         stats.network, stats.reused, stats.resumed, stats.rejected

@@ -66,6 +66,8 @@ pub enum Mode {
     Once {
         /// Give up after this long.
         timeout: Duration,
+        /// Show a progress line on stderr (a terminal).
+        progress: bool,
     },
 }
 
@@ -118,7 +120,14 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
             wait_for_signal().await;
             Ok(())
         }
-        Mode::Once { timeout } => wait_in_sync(&inner, &config, &attempted, timeout).await,
+        Mode::Once { timeout, progress } => {
+            let bar = progress.then(progress_bar);
+            let result = wait_in_sync(&inner, &config, &attempted, timeout, bar.as_ref()).await;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            result
+        }
     };
     endpoint.close(CloseCode::Shutdown.as_u32(), "shutdown");
     tasks.abort_all();
@@ -224,10 +233,14 @@ async fn wait_in_sync(
     config: &Config,
     attempted: &std::sync::Mutex<BTreeSet<DeviceId>>,
     timeout: Duration,
+    bar: Option<&indicatif::ProgressBar>,
 ) -> Result<(), DaemonError> {
     let started = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(bar) = bar {
+            bar.set_message(progress_message(inner, config));
+        }
         let all_attempted =
             attempted.lock().map(|s| s.len() >= config.peers.len()).unwrap_or(false);
         let reached: Vec<_> =
@@ -243,6 +256,33 @@ async fn wait_in_sync(
             return Err(DaemonError::Timeout(timeout.as_secs(), why));
         }
     }
+}
+
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn progress_message(inner: &Inner, config: &Config) -> String {
+    let mib = |n: &std::sync::atomic::AtomicU64| {
+        n.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0
+    };
+    let syncing: Vec<&str> =
+        config.folders.iter().filter(|f| !inner.is_clean(&f.id)).map(|f| f.id.as_str()).collect();
+    let state = if syncing.is_empty() {
+        "waiting for peers".to_string()
+    } else {
+        format!("syncing {}", syncing.join(", "))
+    };
+    format!(
+        "{state}; {:.1} MiB received, {:.1} MiB reused locally",
+        mib(&inner.stats.network),
+        mib(&inner.stats.reused)
+    )
 }
 
 fn in_sync_status(
