@@ -200,3 +200,30 @@ impl ServerCertVerifier for PinnedServer {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, KeyPair, PublicKeyData};
+
+    use super::*;
+
+    #[test]
+    fn the_device_id_read_from_a_certificate_is_the_key_s_id() {
+        let key = KeyPair::generate().unwrap();
+        let cert =
+            CertificateParams::new(vec!["tandem".into()]).unwrap().self_signed(&key).unwrap();
+        let from_key = DeviceId::from_public_key_info(&key.subject_public_key_info());
+        assert_eq!(device_of(cert.der()).unwrap(), from_key);
+    }
+
+    #[test]
+    fn trusted_peers_can_change_while_shared() {
+        let a = DeviceId::from_public_key_info(b"a");
+        let b = DeviceId::from_public_key_info(b"b");
+        let trusted = TrustedPeers::new([a]);
+        let shared = trusted.clone();
+        assert!(shared.contains(&a) && !shared.contains(&b));
+        trusted.replace([b]);
+        assert!(!shared.contains(&a) && shared.contains(&b));
+    }
+}

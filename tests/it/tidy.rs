@@ -68,7 +68,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("identity", &["home"]),
     ("store", &[]),
     ("scan", &["store"]),
-    ("cli", &["home", "config", "identity", "store", "scan"]),
+    ("net", &[]),
+    ("sync", &["home", "config", "store", "scan", "net"]),
+    ("daemon", &["home", "config", "identity", "store", "net", "sync"]),
+    ("cli", &["home", "config", "identity", "store", "scan", "daemon"]),
 ];
 
 #[test]
