@@ -7,7 +7,7 @@ use std::path::Path;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use tandem::scan::{ScanTarget, scan_folder};
 use tandem::store::Index;
-use tandem_proto::model::ShortId;
+use tandem_proto::model::{FolderMode, ShortId};
 
 fn build_tree(root: &Path, files: usize) {
     for i in 0..files {
@@ -27,8 +27,14 @@ fn scans(c: &mut Criterion) {
     let root = dir.path().join("tree");
     std::fs::create_dir(&root).expect("mkdir");
     build_tree(&root, files);
-    let target =
-        ScanTarget { folder: "bench", root: &root, device: ShortId::new(1), skip_dir: None };
+    let target = ScanTarget {
+        folder: "bench",
+        root: &root,
+        device: ShortId::new(1),
+        skip_dir: None,
+        mode: FolderMode::SendReceive,
+        peers: Vec::new(),
+    };
     let mut group = c.benchmark_group(format!("scan_{files}_files"));
     group.sample_size(10);
     group.bench_function("first_scan", |b| {

@@ -45,6 +45,8 @@ pub(super) fn scan(home: &Home, args: ScanArgs) -> anyhow::Result<()> {
             root: &folder.path,
             device,
             skip_dir: home.canonical(),
+            mode: folder.mode,
+            peers: folder.share.iter().map(ToString::to_string).collect(),
         };
         let summary = scan_folder(&index, &target)
             .with_context(|| format!("scanning folder {}", folder.id))?;

@@ -3,7 +3,7 @@
 //! index, binds the endpoint, dials peers with backoff, accepts connections, and runs one
 //! runner per folder.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -23,6 +23,8 @@ use crate::sync::{Inner, folder_in_sync, run_folder, session};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// How long a dial may take before it counts as failed.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest reconnect delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -108,7 +110,7 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
     let inner = Arc::new(Inner::new(index, identity.device_id(), home.clone(), config.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(accept_loop(inner.clone(), endpoint.clone()));
-    let attempted = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let attempted: Attempts = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     for peer in &config.peers {
         tasks.spawn(dial_loop(inner.clone(), endpoint.clone(), peer.clone(), attempted.clone()));
     }
@@ -180,19 +182,19 @@ async fn dial_loop(
     inner: Arc<Inner>,
     endpoint: Arc<Endpoint>,
     peer: PeerConfig,
-    attempted: Arc<std::sync::Mutex<BTreeSet<DeviceId>>>,
+    attempted: Attempts,
 ) {
     let mut backoff = MIN_BACKOFF;
     loop {
         if inner.connection(&peer.id).is_none() {
             match dial(&endpoint, &peer).await {
                 Ok(conn) => {
-                    mark(&attempted, peer.id);
+                    mark(&attempted, peer.id, true);
                     backoff = MIN_BACKOFF;
                     session::run(inner.clone(), conn, peer.id, true).await;
                 }
                 Err(e) => {
-                    mark(&attempted, peer.id);
+                    mark(&attempted, peer.id, false);
                     tracing::info!("cannot reach {} at {}: {e}", peer.id, peer.addr);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -206,17 +208,25 @@ async fn dial(endpoint: &Endpoint, peer: &PeerConfig) -> Result<quinn::Connectio
     let addrs: Vec<SocketAddr> = peer.addr.to_socket_addrs().map_err(|e| e.to_string())?.collect();
     let mut last = format!("{} resolves to no address", peer.addr);
     for addr in addrs {
-        match endpoint.connect(addr, peer.id).await {
-            Ok(conn) => return Ok(conn),
-            Err(e) => last = e.to_string(),
+        match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(addr, peer.id)).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("no answer from {addr} within {} s", DIAL_TIMEOUT.as_secs()),
         }
     }
     Err(last)
 }
 
-fn mark(attempted: &std::sync::Mutex<BTreeSet<DeviceId>>, peer: DeviceId) {
-    if let Ok(mut set) = attempted.lock() {
-        set.insert(peer);
+/// Per peer: failed dial attempts so far (`u32::MAX` once a connection succeeded).
+type Attempts = Arc<std::sync::Mutex<BTreeMap<DeviceId, u32>>>;
+
+/// Dial failures after which `sync` stops waiting for a peer.
+const UNREACHABLE_AFTER: u32 = 3;
+
+fn mark(attempted: &std::sync::Mutex<BTreeMap<DeviceId, u32>>, peer: DeviceId, connected: bool) {
+    if let Ok(mut map) = attempted.lock() {
+        let count = map.entry(peer).or_default();
+        *count = if connected { u32::MAX } else { count.saturating_add(1) };
     }
 }
 
@@ -231,7 +241,7 @@ fn jitter(delay: Duration) -> Duration {
 async fn wait_in_sync(
     inner: &Arc<Inner>,
     config: &Config,
-    attempted: &std::sync::Mutex<BTreeSet<DeviceId>>,
+    attempted: &std::sync::Mutex<BTreeMap<DeviceId, u32>>,
     timeout: Duration,
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<(), DaemonError> {
@@ -241,8 +251,12 @@ async fn wait_in_sync(
         if let Some(bar) = bar {
             bar.set_message(progress_message(inner, config));
         }
-        let all_attempted =
-            attempted.lock().map(|s| s.len() >= config.peers.len()).unwrap_or(false);
+        let all_attempted = attempted
+            .lock()
+            .map(|m| {
+                config.peers.iter().all(|p| m.get(&p.id).is_some_and(|n| *n >= UNREACHABLE_AFTER))
+            })
+            .unwrap_or(false);
         let reached: Vec<_> =
             inner.reached().into_iter().map(|(id, s)| (id, s.shared, s.received_index)).collect();
         let status = in_sync_status(inner, config, &reached);

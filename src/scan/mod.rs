@@ -17,7 +17,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tandem_proto::model::{EntryKind, FileRecord, Hash, RelPath, ShortId, VersionVector};
+use tandem_proto::model::{
+    EntryKind, FileRecord, FolderMode, Hash, RelPath, ShortId, VersionVector,
+};
+use tandem_proto::rules::{resolve, scanned_record};
 
 use crate::store::{Index, LocalRecord, StatKey, StoreError};
 use hasher::{FileHasher, HashError};
@@ -103,6 +106,11 @@ pub struct ScanTarget<'a> {
     pub device: ShortId,
     /// A directory to leave out (the tandem home, when it lies inside the folder).
     pub skip_dir: Option<PathBuf>,
+    /// The folder's mode (a receive-only change is versioned against the peers' state).
+    pub mode: FolderMode,
+    /// The peers sharing the folder (device id text), whose records decide whether a
+    /// change found on disk is new or an applied global version whose commit was lost.
+    pub peers: Vec<String>,
 }
 
 /// A file the walker found changed, for the hash workers.
@@ -336,10 +344,7 @@ impl<'a> Writer<'a> {
                 self.push(kept, false)
             }
             _ => {
-                let base = old.map(|o| &o.record.version);
-                local.record.version =
-                    base.cloned().unwrap_or_default().bumped(self.target.device, self.now_secs);
-                local.record.modified_by = self.target.device;
+                local.record = self.versioned(old, local.record)?;
                 match old {
                     Some(o) if !o.record.deleted => self.summary.changed += 1,
                     _ => self.summary.new += 1,
@@ -369,12 +374,34 @@ impl<'a> Writer<'a> {
             let mut tomb = draft(rec.path.clone(), rec.kind, StatKey::default());
             tomb.mtime_ns = rec.mtime_ns;
             tomb.deleted = true;
-            tomb.version = rec.version.bumped(self.target.device, self.now_secs);
-            tomb.modified_by = self.target.device;
+            let tomb = self.versioned(Some(old), tomb)?;
             self.summary.deleted += 1;
             self.push(LocalRecord { record: tomb, stat: StatKey::default() }, true)?;
         }
         Ok(())
+    }
+
+    /// The version of an entry found changed: normally `old` bumped by this device; the
+    /// global version when the disk holds exactly what a sync step applied before a crash
+    /// kept it from being committed (`proto::rules::scanned_record` decides).
+    fn versioned(
+        &self,
+        old: Option<&LocalRecord>,
+        found: FileRecord,
+    ) -> Result<FileRecord, StoreError> {
+        let mut candidates = Vec::new();
+        for peer in &self.target.peers {
+            let folder = self.target.folder;
+            candidates.extend(self.index.peer_record(folder, peer, &found.path)?);
+        }
+        if self.target.mode != FolderMode::ReceiveOnly {
+            candidates.extend(old.map(|o| o.record.clone()));
+        }
+        let refs: Vec<&FileRecord> = candidates.iter().collect();
+        let global = resolve(&refs);
+        let old = old.map(|o| &o.record);
+        let (mode, device) = (self.target.mode, self.target.device);
+        Ok(scanned_record(mode, device, self.now_secs, old, found, global.as_ref()))
     }
 
     fn push(&mut self, local: LocalRecord, is_change: bool) -> Result<(), StoreError> {

@@ -178,6 +178,21 @@ impl Index {
         Ok(out)
     }
 
+    /// The record `peer` announced for one path of `folder`, if any.
+    pub fn peer_record(
+        &self,
+        folder: &str,
+        peer: &str,
+        path: &RelPath,
+    ) -> Result<Option<FileRecord>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(PEER_FILES).map_err(db_err)?;
+        let value = table.get((folder, peer, path.as_str())).map_err(db_err)?;
+        value.map(|v| records::decode_peer_file(v.value())).transpose().map_err(|source| {
+            StoreError::Corrupt { folder: folder.into(), key: format!("{peer}/{path}"), source }
+        })
+    }
+
     /// What we hold of `peer`'s records for `folder`.
     pub fn peer_meta(&self, folder: &str, peer: &str) -> Result<PeerMeta, StoreError> {
         let txn = self.read()?;

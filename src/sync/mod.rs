@@ -330,6 +330,8 @@ async fn scan(inner: &Arc<Inner>, cfg: &FolderConfig) -> Result<(), FolderError>
             root: &cfg.path,
             device: inner.short,
             skip_dir: inner.home.canonical(),
+            mode: cfg.mode,
+            peers: cfg.share.iter().map(ToString::to_string).collect(),
         };
         scan_folder(&inner.index, &target)
     })

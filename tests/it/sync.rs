@@ -181,13 +181,14 @@ fn a_renamed_directory_of_1000_files_and_a_renamed_1_gib_file_cross_no_chunk() {
         }
     }
     drop(big);
-    let _serve = a.serve();
+    let serve = a.serve();
     let adopted = b.sync_ok();
     assert_eq!(adopted.network, 0, "identical pre-filled replicas must be adopted: {adopted:?}");
     fs::rename(a.path("photos"), a.path("album")).unwrap();
     fs::rename(a.path("big.iso"), a.path("archive.iso")).unwrap();
-    assert!(wait_until(30, || a.ok(&["--help"]).contains("sync")));
-    std::thread::sleep(std::time::Duration::from_secs(2)); // a rescans (every second)
+    let noticed =
+        wait_until(120, || serve.log_text().contains("scanned: 1002 new, 0 changed, 1002 deleted"));
+    assert!(noticed, "a did not rescan the renames: {}", serve.log_text());
     let moved = b.sync_ok();
     assert_eq!(moved.network, 0, "renames must not download: {moved:?}");
     let converged = wait_until(30, || a.tree() == b.tree());

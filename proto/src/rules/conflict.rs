@@ -35,8 +35,9 @@ const MAX_NAMED_SECS: u64 = 253_402_300_799;
 ///    bytewise), and permission bits, so that two records compare equal only when they have
 ///    the same content and metadata.
 ///
-/// The order is applied only among records no other record dominates: a version that has
-/// seen another always replaces it, whatever its key.
+/// The order is applied only among records no other record dominates (a version that has
+/// seen another always replaces it, whatever its key) and whose content no other has seen
+/// and replaced: see [`crate::rules::resolve`] for the whole rule.
 pub fn winner_order(a: &FileRecord, b: &FileRecord) -> Ordering {
     decisive_key(a, b).0
 }

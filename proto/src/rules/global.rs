@@ -45,19 +45,38 @@ impl Resolution<'_> {
     }
 }
 
-/// The global version of one path from every record announced for it (any order).
+/// The global version of one path from every record announced for it, in any order. This
+/// is the rule two implementations must share to converge:
 ///
-/// Records that another candidate dominates are dropped; records with equal vectors are
-/// one version (the largest by [`winner_order`] stands for it). If one version remains it
-/// is global ([`Reason::Dominates`]). Otherwise the remaining versions are pairwise
-/// concurrent: when they all have the same content (`FileRecord::same_content`) they are
-/// one version whose vector is their merge and whose metadata is the largest by
-/// [`winner_order`] ([`Reason::IdenticalContentMerge`]); else the largest by
-/// [`winner_order`] wins, its vector merged with those of the maximal records sharing its
-/// content, and the reason names the key that beat the best record with other content.
+/// 1. **Causally maximal records.** Every record another candidate dominates (`Greater`)
+///    is dropped. Records with equal vectors and the same content are one version (the
+///    largest by [`winner_order`] stands for it). Equal vectors with different contents
+///    (possible only after replicas merged histories while taking opposite winners) count
+///    as concurrent. If one version remains it is global ([`Reason::Dominates`]).
+/// 2. **Current contents.** A record's *origin* is `(modified_by, counter of modified_by
+///    in its vector)`: the change that made its content. A maximal record whose origin
+///    another maximal record, with a different origin, has reached (that record's counter
+///    for `modified_by` is at least as large) holds a content someone saw and replaced; it
+///    is dropped. If every record is dropped, the global record is a tombstone: the first
+///    maximal record by [`winner_order`], deleted, with the merge of all maximal vectors
+///    ([`Reason::AllContentsSeen`]).
+/// 3. **Winner.** The largest remaining record by [`winner_order`] wins. Its vector is
+///    merged with those of the remaining records with the same content
+///    (`FileRecord::same_content`): identical contents are one version, never a conflict
+///    ([`Reason::IdenticalContentMerge`] when all remaining records agree). Otherwise the
+///    reason names the key that beat the best remaining record with other content, or is
+///    [`Reason::SawConcurrentContent`] when step 2 alone decided.
+/// 4. **Losers.** The remaining live records with another content. Each holder keeps its
+///    version as a conflict copy before taking the winner; deleted ones simply lose.
+///
+/// Step 2 exists because a replica that takes a concurrent winner merges its own vector into
+/// the record it stores (see [`crate::rules::Step::commit`]), so that the versions it had
+/// superseded stay superseded. That record keeps the winner's `modified_by`, so a later
+/// change by someone who saw the winner's content still beats it although the vectors are
+/// concurrent. The randomized simulation (`tests/sim.rs`) found each of these cases.
 pub fn resolve<'a>(candidates: &[&'a FileRecord]) -> Option<Resolution<'a>> {
     let (&first, rest) = candidates.split_first()?;
-    if rest.iter().all(|r| r.version == first.version) {
+    if rest.iter().all(|r| r.version == first.version && r.same_content(first)) {
         let best = rest.iter().fold(first, |best, &r| max_by_key(best, r));
         return Some(single(best));
     }
@@ -233,28 +252,39 @@ impl<'a> GlobalState<'a> {
 
     /// Live paths that collide case-insensitively or after Unicode normalization. They are
     /// reported, and the planner never writes one over another.
+    ///
+    /// Two different paths can only collide if one of them folds to something other than
+    /// itself, so only those are keyed; a partner that is already folded is found by its
+    /// exact name. A folder of lowercase ASCII names costs one scan.
     pub fn collisions(&self) -> Vec<Collision> {
         let live = self.entries.iter().filter(|e| e.is_live()).map(Resolution::path);
-        let mut keyed: Vec<(Cow<'_, str>, &RelPath)> = live.map(|p| (fold(p), p)).collect();
-        keyed.sort_unstable();
+        let mut groups: BTreeMap<String, Vec<&RelPath>> = BTreeMap::new();
+        for path in live {
+            if let Some(key) = fold(path) {
+                groups.entry(key).or_default().push(path);
+            }
+        }
         let mut out = Vec::new();
-        for group in keyed.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
-            out.push(Collision { paths: group.iter().map(|(_, p)| (*p).clone()).collect() });
+        for (key, mut paths) in groups {
+            let exact = RelPath::new(key).ok().and_then(|k| self.get(&k).filter(|e| e.is_live()));
+            paths.extend(exact.map(Resolution::path));
+            paths.sort();
+            paths.dedup();
+            if paths.len() > 1 {
+                out.push(Collision { paths: paths.into_iter().cloned().collect() });
+            }
         }
         out
     }
 }
 
-/// [`RelPath::fold_key`], without allocating for the common lowercase ASCII path.
-pub(crate) fn fold(path: &RelPath) -> Cow<'_, str> {
+/// [`RelPath::fold_key`] when it differs from the path (or may: any non-ASCII path).
+fn fold(path: &RelPath) -> Option<String> {
     let text = path.as_str();
     if !text.is_ascii() {
-        return Cow::Owned(path.fold_key());
+        return Some(path.fold_key());
     }
-    if text.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Cow::Owned(text.to_ascii_lowercase());
-    }
-    Cow::Borrowed(text)
+    text.bytes().any(|b| b.is_ascii_uppercase()).then(|| text.to_ascii_lowercase())
 }
 
 /// How a device's record of a path relates to the global version.
@@ -310,7 +340,10 @@ fn base_need(local: Option<&FileRecord>, global: Option<&Resolution<'_>>) -> Nee
     };
     let record = global.record.as_ref();
     match local.version.compare(&record.version) {
-        VectorOrdering::Equal if local.same_content(record) => Need::InSync,
+        VectorOrdering::Equal if identical(local, record) => Need::InSync,
+        // The same version with other metadata (two replicas resolved a tombstone's kind or
+        // device differently): the global pick is adopted so indexes converge.
+        VectorOrdering::Equal if local.same_content(record) => Need::Adopt,
         VectorOrdering::Equal if local.deleted => Need::Take,
         VectorOrdering::Equal if lost(local, global) => Need::KeepAsConflictCopy,
         VectorOrdering::Equal => Need::Take,
@@ -326,6 +359,14 @@ fn base_need(local: Option<&FileRecord>, global: Option<&Resolution<'_>>) -> Nee
         VectorOrdering::Concurrent if lost(local, global) => Need::KeepAsConflictCopy,
         VectorOrdering::Concurrent => Need::Take,
     }
+}
+
+/// True when two records of the same version say exactly the same (the sequence aside).
+fn identical(a: &FileRecord, b: &FileRecord) -> bool {
+    a.same_entry(b)
+        && (a.kind, a.mtime_ns, a.mode, a.modified_by)
+            == (b.kind, b.mtime_ns, b.mode, b.modified_by)
+        && a.chunks == b.chunks
 }
 
 /// True when `local` is one of the concurrent versions that lost (not merely superseded by a
@@ -393,7 +434,7 @@ pub fn is_announced(mode: FolderMode, local: &FileRecord, global: Option<&Resolu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Counter, VersionVector};
+    use crate::model::{Counter, Hash, VersionVector};
 
     const A: ShortId = ShortId::new(1);
     const B: ShortId = ShortId::new(2);
@@ -530,5 +571,19 @@ mod tests {
         let state = GlobalState::from_sources(&[&records]);
         let found: Vec<usize> = state.collisions().iter().map(|c| c.paths.len()).collect();
         assert_eq!(found, [2, 2]);
+    }
+
+    #[test]
+    fn a_pulled_file_found_after_a_crash_is_recorded_as_the_pulled_version() {
+        let mine = tombstone(A, &[(A, 5)]);
+        let theirs = file(B, 9, "theirs", &[(B, 2)]);
+        let res = resolve(&[&mine, &theirs]).unwrap();
+        let found = FileRecord { version: VersionVector::new(), ..theirs.clone() };
+        let mode = FolderMode::SendReceive;
+        let recorded = scanned_record(mode, A, 100, Some(&mine), found, Some(&res));
+        assert_eq!(recorded, taken_record(mode, Some(&mine), &theirs));
+        let edited = FileRecord { hash: Hash::of(b"other"), ..theirs.clone() };
+        let recorded = scanned_record(mode, A, 100, Some(&mine), edited, Some(&res));
+        assert_eq!((recorded.version, recorded.modified_by), (vv(&[(A, 100)]), A));
     }
 }

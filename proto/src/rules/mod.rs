@@ -1,10 +1,19 @@
 //! What wins and what to do: pure functions of records, tested by simulation.
 //!
-//! Every other layer asks these rules; nothing else decides what wins. The flow is
-//! [`GlobalState::build`] (the global record of every path, from the local index and each
-//! peer's announced records) → [`need`] (how one device relates to it) → [`plan`] (an
-//! ordered list of actions, each with the record to commit once it succeeded). Every
-//! decision carries its [`Reason`] as data so the CLI can explain any path.
+//! Every other layer asks these rules; nothing else decides what wins. For one folder:
+//!
+//! 1. [`GlobalState::build`]: the global record of every path ([`resolve`], the rule two
+//!    implementations must share), from the local index and each peer's announced records.
+//! 2. [`plan()`]: an ordered [`Plan`] of [`Step`]s that bring the local folder to the global
+//!    state, each with its [`Reason`] and the records to commit once it succeeded. What a
+//!    device needs per path is [`need`]; send-only and receive-only effects are applied there.
+//! 3. Around them, for the shell: [`scanned_record`] (the version the scanner records for a
+//!    change found on disk, which also makes a crash between a step and its commit
+//!    harmless), [`is_announced`] (what a receive-only device may send), [`taken_record`]
+//!    (what the index holds after taking a version), and the conflict-copy names
+//!    ([`conflict_name`], [`parse_conflict_name`]) for the CLI.
+//!
+//! Every decision carries its [`Reason`] as data, so the CLI can explain any path.
 
 mod conflict;
 mod global;

@@ -1,3 +1,4 @@
-//! Crate-level tests: simulation, algebraic laws, golden bytes.
+//! Crate-level tests: randomized multi-replica simulation and algebraic laws.
 
+mod laws;
 mod sim;

@@ -91,7 +91,11 @@ impl Generator {
         let n = cluster.replicas.len() as u64;
         let r = self.rng.below(n) as usize;
         match self.rng.below(100) {
-            0..=24 => self.write(cluster, r),
+            0..=21 => self.write(cluster, r),
+            22..=24 => {
+                self.next_content += 1;
+                Op::Link { r, path: self.path(cluster, r), target: self.next_content }
+            }
             25..=31 => Op::Mkdir { r, path: self.path(cluster, r) },
             32..=39 => Op::Remove { r, path: self.existing(cluster, r) },
             40..=47 => Op::Move { r, from: self.existing(cluster, r), to: self.path(cluster, r) },
@@ -259,14 +263,16 @@ fn replicas_converge_without_losing_or_resurrecting_writes() {
 #[test]
 fn the_checker_catches_last_writer_wins_without_conflict_copies() {
     let found = first_failure(0..500, Variant::NoConflictCopy);
-    let (_, _, error) = found.expect("dropping conflict copies must break an invariant");
+    let (seed, scenario, error) = found.expect("dropping conflict copies must break an invariant");
+    eprintln!("caught at seed {seed}: {error}\n{}", scenario.trace());
     assert!(error.contains("lost write"), "unexpected failure: {error}");
 }
 
 #[test]
 fn the_checker_catches_forgotten_tombstones() {
     let found = first_failure(0..500, Variant::ForgetTombstones);
-    let (_, _, error) = found.expect("forgetting tombstones must break an invariant");
+    let (seed, scenario, error) = found.expect("forgetting tombstones must break an invariant");
+    eprintln!("caught at seed {seed}: {error}\n{}", scenario.trace());
     assert!(
         error.contains("resurrection") || error.contains("differ"),
         "unexpected failure: {error}"

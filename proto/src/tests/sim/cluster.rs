@@ -33,8 +33,29 @@ pub(crate) enum Variant {
 /// What a tree holds at a path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Node {
-    Dir { mode: u32 },
-    File { content: u64, mode: u32, mtime_ns: i64 },
+    Dir {
+        mode: u32,
+    },
+    File {
+        content: u64,
+        mode: u32,
+        mtime_ns: i64,
+    },
+    /// A symlink to `t<target>`; its target plays the part of content.
+    Symlink {
+        target: u64,
+    },
+}
+
+impl Node {
+    /// The content a user wrote: a file's bytes or a symlink's target.
+    fn content(&self) -> Option<u64> {
+        match self {
+            Self::File { content, .. } => Some(*content),
+            Self::Symlink { target } => Some(*target),
+            Self::Dir { .. } => None,
+        }
+    }
 }
 
 /// One step of a scenario.
@@ -42,6 +63,8 @@ pub(super) enum Node {
 pub(crate) enum Op {
     /// Create or modify a file.
     Write { r: usize, path: String, content: u64, mtime_ns: i64 },
+    /// Create or replace a symlink.
+    Link { r: usize, path: String, target: u64 },
     /// Create a directory.
     Mkdir { r: usize, path: String },
     /// Delete a file, or a directory with everything in it.
@@ -118,6 +141,7 @@ impl Cluster {
             Op::Write { r, path, content, mtime_ns } => {
                 self.user_write(*r, path, *content, *mtime_ns)
             }
+            Op::Link { r, path, target } => self.user_link(*r, path, *target),
             Op::Mkdir { r, path } => self.user_mkdir(*r, path),
             Op::Remove { r, path } => self.user_remove(*r, path),
             Op::Move { r, from, to } => self.user_move(*r, from, to),
@@ -146,6 +170,15 @@ impl Cluster {
         self.scan(r);
         let version = self.replicas[r].index[&path].version.clone();
         self.oracle.write(r, &path, content, &version);
+    }
+
+    fn user_link(&mut self, r: usize, path: &str, target: u64) {
+        let Some(path) = self.writable(r, path) else { return };
+        self.supersede(r, &path);
+        self.replicas[r].tree.insert(path.clone(), Node::Symlink { target });
+        if self.scan(r) > 0 {
+            self.note_file(r, &path);
+        }
     }
 
     fn user_mkdir(&mut self, r: usize, path: &str) {
@@ -195,7 +228,7 @@ impl Cluster {
         let Ok(path) = RelPath::new(path) else { return };
         match self.replicas[r].tree.get_mut(&path) {
             Some(Node::Dir { mode } | Node::File { mode, .. }) => *mode = new_mode,
-            None => return,
+            Some(Node::Symlink { .. }) | None => return,
         }
         // A metadata change is a modification: it beats a concurrent delete.
         if self.scan(r) > 0 {
@@ -233,8 +266,8 @@ impl Cluster {
 
     fn note_file(&mut self, r: usize, path: &RelPath) {
         let replica = &self.replicas[r];
-        if let Some(Node::File { content, .. }) = replica.tree.get(path) {
-            self.oracle.write(r, path, *content, &replica.index[path].version);
+        if let Some(content) = replica.tree.get(path).and_then(Node::content) {
+            self.oracle.write(r, path, content, &replica.index[path].version);
         }
     }
 
@@ -349,10 +382,10 @@ impl Cluster {
     fn note_crashed_copy(&mut self, r: usize, action: &Action) {
         let Action::RenameToConflict { to, .. } = action else { return };
         let replica = &self.replicas[r];
-        if let (Some(Node::File { content, .. }), Some(record)) =
-            (replica.tree.get(to), replica.index.get(to))
+        if let (Some(content), Some(record)) =
+            (replica.tree.get(to).and_then(Node::content), replica.index.get(to))
         {
-            self.oracle.copy(r, to, *content, &record.version);
+            self.oracle.copy(r, to, content, &record.version);
         }
     }
 
@@ -370,7 +403,8 @@ impl Cluster {
         if self.variant == Variant::NoConflictCopy {
             for step in &mut steps {
                 if let Action::RenameToConflict { from, .. } = &step.action {
-                    step.action = Action::Delete { path: from.clone(), kind: EntryKind::File };
+                    let kind = replica.index.get(from).map_or(EntryKind::File, |r| r.kind);
+                    step.action = Action::Delete { path: from.clone(), kind };
                     step.commit.clear();
                 }
             }
@@ -386,10 +420,10 @@ impl Cluster {
             replica.index.insert(record.path.clone(), record);
         }
         let Action::RenameToConflict { to, .. } = &step.action else { return };
-        if let (Some(Node::File { content, .. }), Some(record)) =
-            (replica.tree.get(to), step.commit.first())
+        if let (Some(content), Some(record)) =
+            (replica.tree.get(to).and_then(Node::content), step.commit.first())
         {
-            self.oracle.copy(r, to, *content, &record.version);
+            self.oracle.copy(r, to, content, &record.version);
         }
     }
 
@@ -398,7 +432,7 @@ impl Cluster {
         match action {
             Action::RenameToConflict { from, to } => {
                 expect_free(tree, to)?;
-                let node = take_file(tree, from, None)?;
+                let node = take_entry(tree, from, None)?;
                 tree.insert(to.clone(), node);
             }
             Action::MakeDir { path, mode } => {
@@ -409,16 +443,14 @@ impl Cluster {
             Action::KeepDir { path } => expect_dir(tree, path)?,
             Action::Pull { record, .. } => place(tree, record)?,
             Action::CopyLocal { from, record } => {
-                take_file(&mut tree.clone(), from, Some(record.hash))?;
+                take_entry(&mut tree.clone(), from, Some(record.hash))?;
                 place(tree, record)?;
             }
             Action::Rename { from, record } => {
-                take_file(tree, from, Some(record.hash))?;
+                take_entry(tree, from, Some(record.hash))?;
                 place(tree, record)?;
             }
-            Action::MakeSymlink { path, .. } => {
-                return Err(format!("no symlinks in the sim: {path}"));
-            }
+            Action::MakeSymlink { path, target } => make_symlink(tree, path, target)?,
             Action::SetMetadata { path, mode, mtime_ns } => {
                 set_metadata(tree, path, *mode, *mtime_ns)?
             }
@@ -474,14 +506,8 @@ impl Cluster {
                 ));
             }
         }
-        let files: Vec<(RelPath, u64)> = first
-            .tree
-            .iter()
-            .filter_map(|(p, n)| match n {
-                Node::File { content, .. } => Some((p.clone(), *content)),
-                Node::Dir { .. } => None,
-            })
-            .collect();
+        let files: Vec<(RelPath, u64)> =
+            first.tree.iter().filter_map(|(p, n)| n.content().map(|c| (p.clone(), c))).collect();
         self.oracle.check(&files)
     }
 }
@@ -510,29 +536,41 @@ pub(super) fn content_hash(content: u64) -> Hash {
     Hash::of(&content.to_le_bytes())
 }
 
+fn link_target(target: u64) -> String {
+    format!("t{target}")
+}
+
 fn record_of(path: &RelPath, node: &Node) -> FileRecord {
-    let (kind, mode, mtime_ns, content) = match node {
-        Node::Dir { mode } => (EntryKind::Dir, *mode, 0, None),
-        Node::File { content, mode, mtime_ns } => {
-            (EntryKind::File, *mode, *mtime_ns, Some(*content))
-        }
-    };
-    let hash = content.map_or(Hash::ZERO, content_hash);
-    let chunks = content.map(|_| ChunkRef { offset: 0, len: 8, hash }).into_iter().collect();
-    FileRecord {
+    let mut record = FileRecord {
         path: path.clone(),
-        kind,
-        size: if content.is_some() { 8 } else { 0 },
-        mtime_ns,
-        mode,
+        kind: EntryKind::Dir,
+        size: 0,
+        mtime_ns: 0,
+        mode: 0o777,
         symlink_target: None,
-        hash,
-        chunks,
+        hash: Hash::ZERO,
+        chunks: Vec::new(),
         version: VersionVector::new(),
         sequence: 0,
         deleted: false,
         modified_by: ShortId::new(0),
+    };
+    match node {
+        Node::Dir { mode } => record.mode = *mode,
+        Node::File { content, mode, mtime_ns } => {
+            let hash = content_hash(*content);
+            record.kind = EntryKind::File;
+            (record.size, record.mtime_ns, record.mode, record.hash) = (8, *mtime_ns, *mode, hash);
+            record.chunks = vec![ChunkRef { offset: 0, len: 8, hash }];
+        }
+        Node::Symlink { target } => {
+            let text = link_target(*target);
+            record.kind = EntryKind::Symlink;
+            record.hash = Hash::of(text.as_bytes());
+            record.symlink_target = Some(text);
+        }
     }
+    record
 }
 
 fn expect_parent(tree: &BTreeMap<RelPath, Node>, path: &RelPath) -> Result<(), String> {
@@ -556,27 +594,42 @@ fn expect_free(tree: &BTreeMap<RelPath, Node>, path: &RelPath) -> Result<(), Str
     }
 }
 
-fn take_file(
+fn take_entry(
     tree: &mut BTreeMap<RelPath, Node>,
     path: &RelPath,
     hash: Option<Hash>,
 ) -> Result<Node, String> {
+    let matches = |node: &Node| match (node, hash) {
+        (Node::File { content, .. }, Some(h)) => h == content_hash(*content),
+        (Node::File { .. } | Node::Symlink { .. }, None) => true,
+        _ => false,
+    };
     match tree.remove(path) {
-        Some(node @ Node::File { content, .. })
-            if hash.is_none_or(|h| h == content_hash(content)) =>
-        {
-            Ok(node)
-        }
-        other => Err(format!("{path} should be a file with hash {hash:?}, is {other:?}")),
+        Some(node) if matches(&node) => Ok(node),
+        other => Err(format!("{path} should be a file (hash {hash:?}) or symlink, is {other:?}")),
     }
+}
+
+fn make_symlink(
+    tree: &mut BTreeMap<RelPath, Node>,
+    path: &RelPath,
+    target: &str,
+) -> Result<(), String> {
+    expect_parent(tree, path)?;
+    if matches!(tree.get(path), Some(Node::Dir { .. } | Node::File { .. })) {
+        return Err(format!("{path} holds {:?}, cannot make a symlink there", tree.get(path)));
+    }
+    let target = target.strip_prefix('t').and_then(|t| t.parse().ok()).ok_or("bad target")?;
+    tree.insert(path.clone(), Node::Symlink { target });
+    Ok(())
 }
 
 /// Writes a file from its record (a pull, copy or rename), replacing a file but never a
 /// directory.
 fn place(tree: &mut BTreeMap<RelPath, Node>, record: &FileRecord) -> Result<(), String> {
     expect_parent(tree, &record.path)?;
-    if matches!(tree.get(&record.path), Some(Node::Dir { .. })) {
-        return Err(format!("{} is a directory, cannot write a file there", record.path));
+    if matches!(tree.get(&record.path), Some(Node::Dir { .. } | Node::Symlink { .. })) {
+        return Err(format!("{} is not a file, cannot write a file there", record.path));
     }
     let content =
         content_of(record.hash).ok_or_else(|| format!("unknown content {:?}", record.hash))?;
@@ -610,6 +663,7 @@ fn set_metadata(
     match tree.get_mut(path) {
         Some(Node::Dir { mode }) => *mode = new_mode,
         Some(Node::File { mode, mtime_ns, .. }) => (*mode, *mtime_ns) = (new_mode, new_mtime),
+        Some(Node::Symlink { .. }) => {}
         None => return Err(format!("{path} missing for set-metadata")),
     }
     Ok(())
@@ -623,7 +677,8 @@ fn delete(
     let has_children = tree.keys().any(|p| path.is_ancestor_of(p));
     match (tree.get(path), kind) {
         (Some(Node::Dir { .. }), EntryKind::Dir) if !has_children => {}
-        (Some(Node::File { .. }), EntryKind::File) => {}
+        (Some(Node::File { .. }), EntryKind::File)
+        | (Some(Node::Symlink { .. }), EntryKind::Symlink) => {}
         (other, _) => {
             return Err(format!(
                 "cannot delete {path} as {kind}: holds {other:?}, children {has_children}"

@@ -15,12 +15,17 @@
 //!    that may reuse their chunks.
 //!
 //! The shell executes the steps in order and, after each success, commits the step's
-//! records to the local index (assigning sequence numbers). A failed step is simply not
-//! committed; the next plan, from the rescanned state, decides again.
+//! records to the local index (assigning sequence numbers). Before replacing or deleting a
+//! path it checks the path still matches the index (DESIGN invariant 9). A failed step is
+//! simply not committed; after a crash the rescan records what it finds through
+//! [`crate::rules::scanned_record`], which recognizes a step that ran but was not
+//! committed, and the next plan decides again.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod reuse;
 
-use crate::model::{EntryKind, FileRecord, FolderMode, Hash, RelPath, ShortId, VersionVector};
+use std::collections::BTreeSet;
+
+use crate::model::{EntryKind, FileRecord, FolderMode, RelPath, ShortId, VersionVector};
 use crate::rules::global::{Need, Records, Resolution, need, taken_record};
 use crate::rules::{Collision, GlobalState, Reason, conflict_name, conflict_path};
 
@@ -183,6 +188,8 @@ struct Decision<'g> {
     need: Need,
     live_after: bool,
     dir_after: bool,
+    /// The local entry is renamed to a conflict copy by this plan.
+    moved: bool,
 }
 
 impl<'g> Decision<'g> {
@@ -197,7 +204,7 @@ impl<'g> Decision<'g> {
         let after = if takes { global.map(|g| g.record.as_ref()) } else { local };
         let live_after = after.is_some_and(|r| !r.deleted);
         let dir_after = live_after && after.is_some_and(|r| r.kind == EntryKind::Dir);
-        Self { path, local, global, need, live_after, dir_after }
+        Self { path, local, global, need, live_after, dir_after, moved: false }
     }
 
     fn local_live(&self) -> Option<&'g FileRecord> {
@@ -310,7 +317,10 @@ impl<'c, 'g> Builder<'c, 'g> {
         let mut remaining = d.local_live();
         if d.need == Need::KeepAsConflictCopy && remaining.is_some() {
             match self.conflict_copy(d, global) {
-                Some(moved) => remaining = remaining.filter(|_| !moved),
+                Some(moved) => {
+                    self.decisions[idx].moved = moved;
+                    remaining = remaining.filter(|_| !moved);
+                }
                 None => return self.defer(idx, Reason::ConflictNameInvalid),
             }
         }
@@ -473,99 +483,6 @@ impl<'c, 'g> Builder<'c, 'g> {
         plan.steps.extend(self.deletes);
         plan
     }
-
-    /// Turns pulls into renames of globally deleted files with the same content, or into
-    /// local copies of unchanged files, and lists the chunks of the rest found locally.
-    fn reuse_local_content(&mut self) {
-        let wanted = wanted_hashes(&self.creates);
-        if wanted.is_empty() {
-            return;
-        }
-        let mut deleted: BTreeMap<Hash, Vec<usize>> = BTreeMap::new();
-        for (idx, step) in self.deletes.iter().enumerate() {
-            let Action::Delete { path, kind: EntryKind::File } = &step.action else { continue };
-            let local = self.find(path).and_then(|d| d.local_live());
-            if let Some(local) = local.filter(|l| wanted.contains(&l.hash)) {
-                deleted.entry(local.hash).or_default().push(idx);
-            }
-        }
-        let unchanged = self.unchanged_files(&wanted);
-        let mut consumed = BTreeSet::new();
-        for step in &mut self.creates {
-            let Action::Pull { record, .. } = &step.action else { continue };
-            if record.size == 0 {
-                continue;
-            }
-            let record = record.clone();
-            if let Some(idx) = deleted.get_mut(&record.hash).and_then(Vec::pop) {
-                consumed.insert(idx);
-                let from = step_path(&self.deletes[idx]).clone();
-                step.commit.extend(self.deletes[idx].commit.iter().cloned());
-                step.action = Action::Rename { from, record };
-            } else if let Some(from) = unchanged.get(&record.hash) {
-                step.action = Action::CopyLocal { from: (*from).clone(), record };
-            }
-        }
-        let mut idx = 0;
-        self.deletes.retain(|_| (!consumed.contains(&idx), idx += 1).0);
-        self.reuse_chunks();
-    }
-
-    /// Local files whose content this plan leaves alone, by hash (only wanted hashes).
-    fn unchanged_files(&self, wanted: &BTreeSet<Hash>) -> BTreeMap<Hash, &'g RelPath> {
-        let stays = |d: &&Decision<'g>| {
-            matches!(
-                d.need,
-                Need::InSync | Need::Ahead | Need::LocalChange | Need::OutOfSync | Need::Adopt
-            )
-        };
-        let files = self.decisions.iter().filter(stays).filter_map(|d| d.local_live());
-        let files = files.filter(|l| l.kind == EntryKind::File && wanted.contains(&l.hash));
-        files.map(|l| (l.hash, &l.path)).collect()
-    }
-
-    /// Lists, for each remaining pull, the chunks present in local files.
-    fn reuse_chunks(&mut self) {
-        let mut wanted = BTreeSet::new();
-        for step in &self.creates {
-            if let Action::Pull { record, .. } = &step.action {
-                wanted.extend(record.chunks.iter().map(|c| c.hash));
-            }
-        }
-        if wanted.is_empty() {
-            return;
-        }
-        let mut found: BTreeMap<Hash, (&RelPath, u64)> = BTreeMap::new();
-        let files = self
-            .decisions
-            .iter()
-            .filter_map(|d| d.local_live())
-            .filter(|l| l.kind == EntryKind::File);
-        let moved: BTreeSet<&RelPath> = self.conflicts.iter().map(step_path).collect();
-        for chunk_src in files.filter(|l| !self.under_cleared(&l.path) && !moved.contains(&l.path))
-        {
-            for chunk in chunk_src.chunks.iter().filter(|c| wanted.contains(&c.hash)) {
-                found.entry(chunk.hash).or_insert((&chunk_src.path, chunk.offset));
-            }
-        }
-        for step in &mut self.creates {
-            let Action::Pull { record, reuse } = &mut step.action else { continue };
-            for (index, chunk) in record.chunks.iter().enumerate() {
-                if let Some(&(from, offset)) = found.get(&chunk.hash) {
-                    let index = u32::try_from(index).unwrap_or(u32::MAX);
-                    reuse.push(LocalChunk { index, from: from.clone(), offset });
-                }
-            }
-        }
-    }
-}
-
-fn wanted_hashes(creates: &[Step]) -> BTreeSet<Hash> {
-    let pulls = creates.iter().filter_map(|s| match &s.action {
-        Action::Pull { record, .. } if record.size > 0 => Some(record.hash),
-        _ => None,
-    });
-    pulls.collect()
 }
 
 /// The path an action is about (the destination for moves).
@@ -583,3 +500,6 @@ pub(crate) fn step_path(step: &Step) -> &RelPath {
         | Action::Delete { path, .. } => path,
     }
 }
+
+#[cfg(test)]
+mod tests;
