@@ -7,6 +7,7 @@
 //! disk. A step that finds the disk different from the index stops the round and rescans,
 //! so a local change is never overwritten unseen.
 
+pub mod executor;
 pub mod puller;
 pub mod session;
 pub mod writer;
@@ -18,15 +19,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tandem_proto::model::{DeviceId, FileRecord, FolderId, RelPath, ShortId};
-use tandem_proto::rules::{Action, GlobalState, Need, Plan, PlanConfig, Records, Step, need, plan};
+use tandem_proto::rules::{Action, GlobalState, Need, Plan, PlanConfig, Records, need, plan};
 use tokio::sync::{Notify, watch};
 
 use crate::config::{Config, FolderConfig};
 use crate::home::Home;
 use crate::scan::{ScanTarget, scan_folder};
 use crate::store::{Index, LocalRecord, StoreError};
-use crate::sync::puller::{PullJob, copy_local, pull_file};
-use crate::sync::writer::{ApplyError, FolderFs};
 
 /// Planning rounds per wake-up before waiting for news.
 const MAX_ROUNDS: usize = 8;
@@ -300,7 +299,8 @@ pub async fn sync_folder_once(inner: &Arc<Inner>, folder: &FolderId) -> Result<(
         if planned.plan.steps.is_empty() {
             return Ok(());
         }
-        let outcome = execute(inner, &cfg, planned).await;
+        let Planned { plan, local, sources } = planned;
+        let outcome = executor::execute(inner, &cfg, plan, local, sources).await;
         if outcome.committed > 0 {
             inner.local_changed();
         }
@@ -403,108 +403,6 @@ fn pull_sources(plan: &Plan, peers: &[(DeviceId, Records)]) -> BTreeMap<RelPath,
         }
     }
     out
-}
-
-/// What a round achieved.
-#[derive(Default)]
-struct Outcome {
-    committed: usize,
-    rescan: bool,
-}
-
-async fn execute(inner: &Arc<Inner>, cfg: &FolderConfig, planned: Planned) -> Outcome {
-    let Planned { plan, mut local, sources } = planned;
-    let fs = FolderFs::new(cfg.path.clone());
-    let mut outcome = Outcome::default();
-    for step in &plan.steps {
-        match apply(inner, cfg, &fs, step, &local, &sources).await {
-            Ok(()) => match commit(inner, cfg, &fs, step, &mut local) {
-                Ok(()) => outcome.committed += 1,
-                Err(e) => tracing::error!("folder {}: committing {:?}: {e}", cfg.id, step.action),
-            },
-            Err(ApplyError::LocalChange(path)) => {
-                tracing::info!(
-                    "folder {}: {path} changed locally; rescanning before deciding",
-                    cfg.id
-                );
-                outcome.rescan = true;
-                break;
-            }
-            Err(e) => tracing::warn!("folder {}: {e}", cfg.id),
-        }
-    }
-    outcome
-}
-
-/// Carries out one step on disk.
-async fn apply(
-    inner: &Arc<Inner>,
-    cfg: &FolderConfig,
-    fs: &FolderFs,
-    step: &Step,
-    local: &BTreeMap<RelPath, LocalRecord>,
-    sources: &BTreeMap<RelPath, Vec<DeviceId>>,
-) -> Result<(), ApplyError> {
-    match &step.action {
-        Action::RenameToConflict { from, to } => fs.rename(from, to, local.get(from)),
-        Action::MakeDir { path, mode } => fs.make_dir(path, *mode, local.get(path)),
-        Action::KeepDir { .. } | Action::Record { .. } => Ok(()),
-        Action::Pull { record, reuse } => {
-            let no_sources = Vec::new();
-            let job = PullJob {
-                folder: &cfg.id,
-                fs,
-                record,
-                reuse,
-                sources: sources.get(&record.path).unwrap_or(&no_sources),
-                indexed: local.get(&record.path),
-            };
-            pull_file(inner, job).await
-        }
-        Action::CopyLocal { from, record } => copy_local(fs, from, record, local.get(&record.path)),
-        Action::Rename { from, record } => {
-            fs.check_unchanged(&record.path, local.get(&record.path))?;
-            fs.rename(from, &record.path, local.get(from))?;
-            fs.apply_metadata(&record.path, record.mode, record.mtime_ns)
-        }
-        Action::MakeSymlink { path, target } => fs.make_symlink(path, target, local.get(path)),
-        Action::SetMetadata { path, mode, mtime_ns } => {
-            fs.set_metadata(path, *mode, *mtime_ns, local.get(path))
-        }
-        Action::Delete { path, .. } => fs.delete(path, local.get(path)),
-    }
-}
-
-/// Commits a successful step's records with the stat of what is now on disk, and keeps the
-/// in-memory view of the index in step with the disk for the following steps.
-fn commit(
-    inner: &Inner,
-    cfg: &FolderConfig,
-    fs: &FolderFs,
-    step: &Step,
-    local: &mut BTreeMap<RelPath, LocalRecord>,
-) -> Result<(), ApplyError> {
-    match &step.action {
-        Action::RenameToConflict { from, .. } | Action::Rename { from, .. } => {
-            local.remove(from);
-        }
-        Action::Delete { path, .. } => {
-            local.remove(path);
-        }
-        _ => {}
-    }
-    let mut batch = inner.index.write().map_err(store_error)?;
-    for record in &step.commit {
-        let stat = if record.deleted { Default::default() } else { fs.stat_key(&record.path)? };
-        let stored = LocalRecord { record: record.clone(), stat };
-        batch.put_change(cfg.id.as_str(), stored.clone()).map_err(store_error)?;
-        local.insert(record.path.clone(), stored);
-    }
-    batch.commit().map_err(store_error)
-}
-
-fn store_error(e: StoreError) -> ApplyError {
-    ApplyError::Store(e.to_string())
 }
 
 /// True when `folder` needs nothing here and every connected peer that shares it has sent

@@ -24,42 +24,64 @@ use crate::sync::writer::{ApplyError, FolderFs, io_at};
 /// Requests in flight per file.
 const PIPELINE: usize = 32;
 
-/// What one pull needs.
-pub(crate) struct PullJob<'a> {
+/// What one pull needs (owned: pulls run concurrently with the rest of the plan).
+pub(crate) struct PullJob {
     /// The folder.
-    pub folder: &'a FolderId,
+    pub folder: FolderId,
     /// Its filesystem.
-    pub fs: &'a FolderFs,
+    pub fs: FolderFs,
     /// The version to write.
-    pub record: &'a FileRecord,
+    pub record: FileRecord,
     /// Chunks the planner found in local files.
-    pub reuse: &'a [LocalChunk],
+    pub reuse: Vec<LocalChunk>,
     /// Peers that announced this version.
-    pub sources: &'a [DeviceId],
+    pub sources: Vec<DeviceId>,
     /// What the index says is at the target now.
-    pub indexed: Option<&'a LocalRecord>,
+    pub indexed: Option<LocalRecord>,
 }
 
-/// Downloads `job.record` into its temp file and installs it.
-pub(crate) async fn pull_file(inner: &Arc<Inner>, job: PullJob<'_>) -> Result<(), ApplyError> {
-    let record = job.record;
-    let (file, existed) = job.fs.open_temp(record)?;
+/// Downloads `job.record` into its temp file and installs it. Disk work runs on the
+/// blocking pool; only the network waits happen on the async workers.
+pub(crate) async fn pull_file(inner: &Arc<Inner>, job: PullJob) -> Result<(), ApplyError> {
+    let job = Arc::new(job);
+    let (file, missing) = {
+        let (inner, job) = (inner.clone(), job.clone());
+        blocking(move || prepare(&inner, &job)).await??
+    };
     let file = Arc::new(file);
+    fetch_chunks(inner, &job, &file, missing).await?;
+    blocking(move || {
+        verify_whole(&file, &job.record)?;
+        job.fs.install(&file, &job.record, job.indexed.as_ref())
+    })
+    .await?
+}
+
+/// Opens the temp file and fills what is already available locally; returns the chunks
+/// still missing.
+fn prepare(inner: &Inner, job: &PullJob) -> Result<(File, Vec<ChunkRef>), ApplyError> {
+    let (file, existed) = job.fs.open_temp(&job.record)?;
     let mut missing: Vec<ChunkRef> = Vec::new();
-    for (idx, chunk) in record.chunks.iter().enumerate() {
+    for (idx, chunk) in job.record.chunks.iter().enumerate() {
         if existed && chunk_matches(&file, chunk) {
             inner.stats.resumed.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
             continue;
         }
-        if copy_local_chunk(inner, &job, idx, chunk, &file)? {
+        if copy_local_chunk(inner, job, idx, chunk, &file)? {
             inner.stats.reused.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
             continue;
         }
         missing.push(*chunk);
     }
-    fetch_chunks(inner, &job, &file, missing).await?;
-    verify_whole(&file, record)?;
-    job.fs.install(&file, record, job.indexed)
+    Ok((file, missing))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApplyError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApplyError::Store(format!("internal task failed: {e}")))
 }
 
 /// Copies a local file's content to the target (the planner's `CopyLocal`).
@@ -91,7 +113,7 @@ fn chunk_matches(file: &File, chunk: &ChunkRef) -> bool {
 /// Tries the planner's hint, then the chunk-location table; true when the chunk was copied.
 fn copy_local_chunk(
     inner: &Inner,
-    job: &PullJob<'_>,
+    job: &PullJob,
     idx: usize,
     chunk: &ChunkRef,
     file: &File,
@@ -122,7 +144,7 @@ fn copy_local_chunk(
 /// Fetches `missing` from peers, `PIPELINE` requests at a time, verifying each chunk.
 async fn fetch_chunks(
     inner: &Arc<Inner>,
-    job: &PullJob<'_>,
+    job: &PullJob,
     file: &Arc<File>,
     missing: Vec<ChunkRef>,
 ) -> Result<(), ApplyError> {
@@ -153,7 +175,7 @@ async fn fetch_chunk(
     inner: &Inner,
     conns: &[quinn::Connection],
     n: usize,
-    job: &PullJob<'_>,
+    job: &PullJob,
     chunk: &ChunkRef,
 ) -> Result<Vec<u8>, ApplyError> {
     for attempt in 0..conns.len() * 2 {

@@ -3,8 +3,8 @@
 //! Every write goes to a temp file beside its target (`.tandem-tmp-<name>-<hash prefix>`,
 //! ignored by the scanner, the same name after a restart so a partial download resumes),
 //! is fsynced, and is renamed over the target only after the target was checked to be
-//! exactly what the index says (a local change not yet scanned is never overwritten), then
-//! the directory is fsynced. Before touching a path, every parent is checked to be a real
+//! exactly what the index says (a local change not yet scanned is never overwritten); the
+//! caller fsyncs the touched directories before it commits the index. Before touching a path, every parent is checked to be a real
 //! directory, never a symlink, so a peer's names cannot lead outside the root.
 
 use std::fs::{self, File, OpenOptions};
@@ -188,8 +188,7 @@ impl FolderFs {
         if self.stat(&record.path)?.is_some_and(|m| m.is_dir()) {
             return Err(ApplyError::LocalChange(record.path.clone()));
         }
-        fs::rename(self.temp_path(record), self.abs(&record.path)).map_err(io_at(&record.path))?;
-        self.sync_parent(&record.path)
+        fs::rename(self.temp_path(record), self.abs(&record.path)).map_err(io_at(&record.path))
     }
 
     /// Removes a temp file after a failed transfer that cannot resume.
@@ -210,8 +209,7 @@ impl FolderFs {
         }
         fs::create_dir(self.abs(rel)).map_err(io_at(rel))?;
         fs::set_permissions(self.abs(rel), fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(io_at(rel))?;
-        self.sync_parent(rel)
+            .map_err(io_at(rel))
     }
 
     /// Creates or replaces a symlink (never following anything).
@@ -228,8 +226,7 @@ impl FolderFs {
         ));
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(target, &tmp).map_err(io_at(rel))?;
-        fs::rename(&tmp, self.abs(rel)).map_err(io_at(rel))?;
-        self.sync_parent(rel)
+        fs::rename(&tmp, self.abs(rel)).map_err(io_at(rel))
     }
 
     /// Sets permission bits and (for files) the modification time.
@@ -277,9 +274,7 @@ impl FolderFs {
         if self.stat(to)?.is_some() {
             return Err(ApplyError::LocalChange(to.clone()));
         }
-        fs::rename(self.abs(from), self.abs(to)).map_err(io_at(to))?;
-        self.sync_parent(to)?;
-        self.sync_parent(from)
+        fs::rename(self.abs(from), self.abs(to)).map_err(io_at(to))
     }
 
     /// Deletes a file, symlink or empty directory that is as indexed.
@@ -292,7 +287,7 @@ impl FolderFs {
             fs::remove_file(self.abs(rel))
         };
         match result {
-            Ok(()) => self.sync_parent(rel),
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
                 Err(ApplyError::NotEmpty(rel.clone()))
             }
@@ -305,9 +300,10 @@ impl FolderFs {
         Ok(self.stat(rel)?.map(|m| StatKey::from_metadata(&m)).unwrap_or_default())
     }
 
-    fn sync_parent(&self, rel: &RelPath) -> Result<(), ApplyError> {
-        let dir = rel.parent().map(|p| self.abs(&p)).unwrap_or_else(|| self.root.clone());
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(rel))
+    /// The directory holding `rel`; renames and creations there become durable once it is
+    /// fsynced (the sync runner does that once per batch, before committing the index).
+    pub fn parent_dir(&self, rel: &RelPath) -> PathBuf {
+        rel.parent().map(|p| self.abs(&p)).unwrap_or_else(|| self.root.clone())
     }
 }
 

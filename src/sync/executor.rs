@@ -1,0 +1,244 @@
+//! Carrying out a plan: steps run in the planner's order, except that file transfers
+//! (pulls and local copies) run up to `PARALLEL` at a time, and the index is committed in
+//! batches.
+//!
+//! Ordering stays safe: a directory is made before any later step, so before its children's
+//! transfers start; transfers are drained before anything that moves or removes a path
+//! (renames, deletes), since those may be the local source of a transfer's chunks. Commits
+//! stay crash-safe: a batch's files were fsynced before their rename, and the batch's
+//! directories are fsynced before its records are committed, so the index never claims
+//! bytes the disk may not have. A crash between the two leaves files the scanner recognizes
+//! as the applied version (`rules::scanned_record`), not as new changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tandem_proto::model::{DeviceId, FileRecord, RelPath};
+use tandem_proto::rules::{Action, Plan, Step};
+
+use crate::config::FolderConfig;
+use crate::store::LocalRecord;
+use crate::sync::Inner;
+use crate::sync::puller::{PullJob, copy_local, pull_file};
+use crate::sync::writer::{ApplyError, FolderFs};
+
+/// Transfers in flight per folder.
+const PARALLEL: usize = 16;
+/// Steps per index commit.
+const COMMIT_BATCH: usize = 500;
+
+/// What a round achieved.
+#[derive(Default)]
+pub(crate) struct Outcome {
+    /// Steps committed.
+    pub committed: usize,
+    /// A path differed from the index: rescan before planning again.
+    pub rescan: bool,
+}
+
+/// A transfer that runs concurrently with the rest of the plan.
+enum Transfer {
+    Pull(PullJob),
+    Copy { fs: FolderFs, from: RelPath, record: FileRecord, indexed: Option<LocalRecord> },
+}
+
+/// Executes `plan` for the folder `cfg`; `local` is the index the plan was made from.
+pub(crate) async fn execute(
+    inner: &Arc<Inner>,
+    cfg: &FolderConfig,
+    plan: Plan,
+    local: BTreeMap<RelPath, LocalRecord>,
+    sources: BTreeMap<RelPath, Vec<DeviceId>>,
+) -> Outcome {
+    let mut ex = Executor::new(inner, cfg, local);
+    let mut in_flight = FuturesUnordered::new();
+    for (idx, step) in plan.steps.iter().enumerate() {
+        if ex.outcome.rescan {
+            break;
+        }
+        if let Some(transfer) = ex.transfer(step, &sources) {
+            while in_flight.len() >= PARALLEL {
+                if let Some((i, result)) = in_flight.next().await {
+                    ex.finish(&plan.steps[i], result);
+                }
+            }
+            in_flight.push(run(inner.clone(), idx, transfer));
+            continue;
+        }
+        if moves_or_removes(step) {
+            while let Some((i, result)) = in_flight.next().await {
+                ex.finish(&plan.steps[i], result);
+            }
+        }
+        let result = ex.apply(step);
+        ex.finish(step, result);
+        if ex.pending.len() >= COMMIT_BATCH {
+            ex.flush();
+        }
+    }
+    while let Some((i, result)) = in_flight.next().await {
+        ex.finish(&plan.steps[i], result);
+    }
+    ex.flush();
+    ex.outcome
+}
+
+async fn run(inner: Arc<Inner>, idx: usize, transfer: Transfer) -> (usize, Result<(), ApplyError>) {
+    let result = match transfer {
+        Transfer::Pull(job) => pull_file(&inner, job).await,
+        Transfer::Copy { fs, from, record, indexed } => {
+            let task = move || copy_local(&fs, &from, &record, indexed.as_ref());
+            tokio::task::spawn_blocking(task)
+                .await
+                .unwrap_or_else(|e| Err(ApplyError::Store(format!("internal task failed: {e}"))))
+        }
+    };
+    (idx, result)
+}
+
+fn moves_or_removes(step: &Step) -> bool {
+    matches!(
+        step.action,
+        Action::Rename { .. } | Action::RenameToConflict { .. } | Action::Delete { .. }
+    )
+}
+
+struct Executor<'a> {
+    inner: &'a Arc<Inner>,
+    cfg: &'a FolderConfig,
+    fs: FolderFs,
+    local: BTreeMap<RelPath, LocalRecord>,
+    pending: Vec<LocalRecord>,
+    dirs: BTreeSet<PathBuf>,
+    outcome: Outcome,
+    steps_pending: usize,
+}
+
+impl<'a> Executor<'a> {
+    fn new(
+        inner: &'a Arc<Inner>,
+        cfg: &'a FolderConfig,
+        local: BTreeMap<RelPath, LocalRecord>,
+    ) -> Self {
+        let fs = FolderFs::new(cfg.path.clone());
+        let (pending, dirs, outcome) = (Vec::new(), BTreeSet::new(), Outcome::default());
+        Self { inner, cfg, fs, local, pending, dirs, outcome, steps_pending: 0 }
+    }
+
+    /// The step as a concurrent transfer, if it is one.
+    fn transfer(
+        &self,
+        step: &Step,
+        sources: &BTreeMap<RelPath, Vec<DeviceId>>,
+    ) -> Option<Transfer> {
+        match &step.action {
+            Action::Pull { record, reuse } => Some(Transfer::Pull(PullJob {
+                folder: self.cfg.id.clone(),
+                fs: self.fs.clone(),
+                record: record.clone(),
+                reuse: reuse.clone(),
+                sources: sources.get(&record.path).cloned().unwrap_or_default(),
+                indexed: self.local.get(&record.path).cloned(),
+            })),
+            Action::CopyLocal { from, record } => Some(Transfer::Copy {
+                fs: self.fs.clone(),
+                from: from.clone(),
+                record: record.clone(),
+                indexed: self.local.get(&record.path).cloned(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Carries out a step that is not a transfer.
+    fn apply(&self, step: &Step) -> Result<(), ApplyError> {
+        let (fs, local) = (&self.fs, &self.local);
+        match &step.action {
+            Action::RenameToConflict { from, to } => fs.rename(from, to, local.get(from)),
+            Action::MakeDir { path, mode } => fs.make_dir(path, *mode, local.get(path)),
+            Action::KeepDir { .. } | Action::Record { .. } => Ok(()),
+            Action::Rename { from, record } => {
+                fs.check_unchanged(&record.path, local.get(&record.path))?;
+                fs.rename(from, &record.path, local.get(from))?;
+                fs.apply_metadata(&record.path, record.mode, record.mtime_ns)
+            }
+            Action::MakeSymlink { path, target } => fs.make_symlink(path, target, local.get(path)),
+            Action::SetMetadata { path, mode, mtime_ns } => {
+                fs.set_metadata(path, *mode, *mtime_ns, local.get(path))
+            }
+            Action::Delete { path, .. } => fs.delete(path, local.get(path)),
+            Action::Pull { .. } | Action::CopyLocal { .. } => Ok(()), // run as transfers
+        }
+    }
+
+    /// Records a step's result: on success the in-memory index follows the disk at once
+    /// (later steps check against it) and the records wait for the next batch commit.
+    fn finish(&mut self, step: &Step, result: Result<(), ApplyError>) {
+        match result {
+            Ok(()) => {
+                if let Err(e) = self.stage(step) {
+                    tracing::warn!("folder {}: {e}", self.cfg.id);
+                }
+            }
+            Err(ApplyError::LocalChange(path)) => {
+                tracing::info!(
+                    "folder {}: {path} changed locally; rescanning before deciding",
+                    self.cfg.id
+                );
+                self.outcome.rescan = true;
+            }
+            Err(e) => tracing::warn!("folder {}: {e}", self.cfg.id),
+        }
+    }
+
+    fn stage(&mut self, step: &Step) -> Result<(), ApplyError> {
+        if let Action::RenameToConflict { from, .. } | Action::Rename { from, .. } = &step.action {
+            self.local.remove(from);
+            self.dirs.insert(self.fs.parent_dir(from));
+        }
+        if let Action::Delete { path, .. } = &step.action {
+            self.local.remove(path);
+            self.dirs.insert(self.fs.parent_dir(path));
+        }
+        for record in &step.commit {
+            let stat =
+                if record.deleted { Default::default() } else { self.fs.stat_key(&record.path)? };
+            let stored = LocalRecord { record: record.clone(), stat };
+            self.dirs.insert(self.fs.parent_dir(&record.path));
+            self.local.insert(record.path.clone(), stored.clone());
+            self.pending.push(stored);
+        }
+        self.steps_pending += 1;
+        Ok(())
+    }
+
+    /// Makes the staged steps durable: directories first, then one index commit.
+    fn flush(&mut self) {
+        for dir in std::mem::take(&mut self.dirs) {
+            if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
+                tracing::warn!("folder {}: fsync {}: {e}", self.cfg.id, dir.display());
+            }
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let folder = self.cfg.id.as_str();
+        let result = self.inner.index.write().and_then(|mut batch| {
+            for stored in self.pending.drain(..) {
+                batch.put_change(folder, stored)?;
+            }
+            batch.commit()
+        });
+        match result {
+            Ok(()) => self.outcome.committed += std::mem::take(&mut self.steps_pending),
+            Err(e) => {
+                tracing::error!("folder {}: committing the index: {e}; rescanning", self.cfg.id);
+                self.steps_pending = 0;
+                self.outcome.rescan = true;
+            }
+        }
+    }
+}
