@@ -3,7 +3,9 @@
 //!
 //! `anyhow` is allowed here and in `main.rs` only: every command ends in one error line.
 
+mod conflicts;
 mod daemon;
+mod demo;
 mod local;
 mod setup;
 
@@ -45,6 +47,10 @@ pub enum Command {
     Scan(local::ScanArgs),
     /// List the local index of a folder.
     Ls(local::LsArgs),
+    /// List every conflict copy in every folder.
+    Conflicts(JsonFlag),
+    /// Two replicas in a temp dir, synced over loopback QUIC, a conflict made and listed.
+    Demo,
     /// Run the daemon in the foreground until SIGINT/SIGTERM.
     Serve,
     /// Sync once: scan, connect, exchange and pull until in sync with every reachable peer.
@@ -69,6 +75,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Folder(cmd) => setup::folder(&home, cmd),
         Command::Scan(args) => local::scan(&home, args),
         Command::Ls(args) => local::ls(&home, args),
+        Command::Conflicts(flag) => conflicts::conflicts(&home, flag.json),
+        Command::Demo => demo::demo(),
         Command::Serve => daemon::serve(&home),
         Command::Sync(args) => daemon::sync(&home, args),
     }

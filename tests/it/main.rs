@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod cli;
+mod conflicts;
 mod scan;
 mod support;
 mod sync;

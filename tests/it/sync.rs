@@ -106,6 +106,17 @@ fn a_concurrent_edit_made_while_disconnected_ends_with_one_identical_conflict_co
     let contents = [fs::read(b.path("report.txt")).unwrap(), fs::read(b.path(copies[0])).unwrap()];
     assert!(contents.contains(&b"edited on a, offline".to_vec()));
     assert!(contents.contains(&b"edited on b, offline, longer".to_vec()));
+    let listed = |d: &Device| {
+        let rows: serde_json::Value =
+            serde_json::from_str(&d.ok(&["conflicts", "--json"])).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["path"].clone(), r["original"].clone(), r["device"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&a), listed(&b), "conflicts are listed identically on every replica");
+    assert_eq!(listed(&a).len(), 1);
 }
 
 #[test]
