@@ -9,6 +9,7 @@
 
 pub mod hasher;
 pub mod walk;
+pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

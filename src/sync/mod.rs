@@ -254,13 +254,42 @@ impl Inner {
 /// Runs one folder forever: scan, apply, wait for news or the rescan interval.
 pub async fn run_folder(inner: Arc<Inner>, folder: FolderId, rescan: Duration) {
     let wakeup = inner.wakeup(&folder);
+    let _watch = start_watch(&inner, &folder, wakeup.clone());
     loop {
         if let Err(e) = sync_folder_once(&inner, &folder).await {
             tracing::warn!("folder {folder}: {e:#}");
         }
         tokio::select! {
-            () = wakeup.notified() => {}
+            () = wakeup.notified() => tokio::time::sleep(DEBOUNCE).await,
             () = tokio::time::sleep(rescan) => {}
+        }
+    }
+}
+
+/// How long to let a burst of filesystem events settle before rescanning (an editor's
+/// save is several events).
+const DEBOUNCE: Duration = Duration::from_millis(30);
+
+/// Watches the folder so local edits wake its runner at once (the periodic rescan stays
+/// the safety net, and the only mechanism if watching fails).
+fn start_watch(
+    inner: &Inner,
+    folder: &FolderId,
+    wakeup: Arc<Notify>,
+) -> Option<crate::scan::watch::FolderWatcher> {
+    let root = inner.config().folder(folder).ok()?.path.clone();
+    let name = folder.clone();
+    let on_change = move |overflow: bool| {
+        if overflow {
+            tracing::warn!("folder {name}: change notifications were lost; rescanning everything");
+        }
+        wakeup.notify_one();
+    };
+    match crate::scan::watch::watch(&root, on_change) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            tracing::warn!("folder {folder}: {e}");
+            None
         }
     }
 }

@@ -220,3 +220,38 @@ fn serve_shuts_down_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}: {}", daemon.log_text());
     assert!(daemon.log_text().contains("shutting down"));
 }
+
+#[test]
+fn a_saved_file_reaches_the_peer_through_the_watcher_not_the_rescan_timer() {
+    let (a, b) = pair();
+    a.set_rescan_secs(3600);
+    b.set_rescan_secs(3600);
+    a.write("start.txt", b"so both have indexed once");
+    let mut daemons = [a.serve(), b.serve()];
+    assert!(wait_until(30, || b.path("start.txt").exists()), "initial exchange failed");
+    let mut latencies = Vec::new();
+    for round in 0..5u8 {
+        // an editor's save: write a temp file beside the target, then rename over it
+        let content = format!("draft {round}").into_bytes();
+        let started = std::time::Instant::now();
+        fs::write(a.path(".notes.txt.swp"), &content).unwrap();
+        fs::rename(a.path(".notes.txt.swp"), a.path("notes.txt")).unwrap();
+        let arrived = wait_until(20, || fs::read(b.path("notes.txt")).is_ok_and(|c| c == content));
+        assert!(arrived, "round {round}: the save did not propagate");
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    eprintln!(
+        "propagation latency (debug build): median {:?}, max {:?}",
+        latencies[2], latencies[4]
+    );
+    assert!(!b.path(".notes.txt.swp").exists());
+    for daemon in &mut daemons {
+        assert!(daemon.stop().success());
+    }
+    let (on_a, on_b) = (a.entry("notes.txt").unwrap(), b.entry("notes.txt").unwrap());
+    assert_eq!(on_a["version"], on_b["version"], "b stored a's version, not one of its own");
+    let devices: Vec<_> =
+        on_a["version"].as_array().unwrap().iter().map(|c| c["device"].clone()).collect();
+    assert_eq!(devices.len(), 1, "only a ever changed notes.txt: {devices:?}");
+}

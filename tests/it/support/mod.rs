@@ -210,6 +210,16 @@ impl Device {
         device
     }
 
+    /// Sets the periodic rescan interval of `serve`.
+    pub(crate) fn set_rescan_secs(&self, secs: u64) {
+        let config = self.home().join("config.toml");
+        let text = std::fs::read_to_string(&config).expect("config");
+        let line =
+            text.lines().find(|l| l.starts_with("rescan_secs")).expect("rescan line").to_string();
+        std::fs::write(&config, text.replace(&line, &format!("rescan_secs = {secs}")))
+            .expect("config");
+    }
+
     pub(crate) fn id(&self) -> String {
         self.ok(&["id"]).trim().to_string()
     }
