@@ -64,6 +64,12 @@ fn open_index(home: &Home) -> anyhow::Result<Index> {
         .with_context(|| format!("opening the index {}", home.index_path().display()))
 }
 
+/// Opens the index read-only: works while a daemon writes it.
+pub(crate) fn read_index(home: &Home) -> anyhow::Result<Index> {
+    Index::open_read_only(&home.index_path())
+        .with_context(|| format!("opening the index {}", home.index_path().display()))
+}
+
 fn summary_line(s: &ScanSummary) -> String {
     format!(
         "{} files, {} dirs, {} symlinks, {}; {} new, {} changed, {} deleted; {} not synced; {:.2} s",
@@ -121,7 +127,7 @@ pub(super) fn ls(home: &Home, args: LsArgs) -> anyhow::Result<()> {
     let folder_id = super::setup::parse_folder_id(&args.folder_id)?;
     config.folder(&folder_id)?;
     let entries: Vec<LsEntry> = match home.index_path().exists() {
-        true => open_index(home)?.records(folder_id.as_str())?.iter().map(ls_entry).collect(),
+        true => read_index(home)?.records(folder_id.as_str())?.iter().map(ls_entry).collect(),
         false => Vec::new(),
     };
     if args.json {

@@ -12,7 +12,10 @@ mod tables;
 
 use std::path::Path;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{
+    Builder, ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ReadableTable, WriteTransaction,
+};
 use tandem_proto::model::{FileRecord, Hash, RelPath};
 
 pub use records::{FolderMeta, LocalRecord, PeerMeta, RecordError};
@@ -25,6 +28,9 @@ pub enum StoreError {
     /// redb reported an error (IO, corruption, locking).
     #[error("index database: {0}")]
     Db(#[from] redb::Error),
+    /// This handle was opened read-only.
+    #[error("the index is open read-only")]
+    ReadOnly,
     /// Another process (a running `tandem serve` or `sync`) has the index open.
     #[error("the index is in use by another tandem process (a running `tandem serve` or `sync`)")]
     InUse,
@@ -57,15 +63,39 @@ pub struct ChunkLocation {
     pub len: u32,
 }
 
-/// The index database.
+/// The index database: one writer process (the daemon, or a CLI command when none runs);
+/// any number of read-only processes may follow its commits (redb's `SingleWriter` mode),
+/// so `ls` and friends work while `serve` runs.
 pub struct Index {
-    db: Database,
+    db: Db,
+}
+
+enum Db {
+    Write(Database),
+    Read(ReadOnlyDatabase),
+}
+
+fn builder() -> Builder {
+    let mut builder = Builder::new();
+    builder.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    builder
 }
 
 impl Index {
-    /// Opens the index at `path`, creating it if needed.
+    /// Opens the index read-only; it must exist. Works while another process writes.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let db = builder().open_read_only(path).map_err(db_err)?;
+        Ok(Self { db: Db::Read(db) })
+    }
+
+    /// True when this handle can write.
+    pub fn is_writable(&self) -> bool {
+        matches!(self.db, Db::Write(_))
+    }
+
+    /// Opens the index at `path` for writing, creating it if needed.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| match e {
+        let db = builder().create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
             other => db_err(other),
         })?;
@@ -79,11 +109,14 @@ impl Index {
             txn.open_table(PEER_META).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self { db })
+        Ok(Self { db: Db::Write(db) })
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().map_err(db_err)
+        match &self.db {
+            Db::Write(db) => db.begin_read().map_err(db_err),
+            Db::Read(db) => db.begin_read().map_err(db_err),
+        }
     }
 
     /// Calls `visit` for every record of `folder` in path order.
@@ -221,7 +254,10 @@ impl Index {
 
     /// Starts a batch of writes, committed durably by [`WriteBatch::commit`].
     pub fn write(&self) -> Result<WriteBatch, StoreError> {
-        Ok(WriteBatch { txn: self.db.begin_write().map_err(db_err)? })
+        match &self.db {
+            Db::Write(db) => Ok(WriteBatch { txn: db.begin_write().map_err(db_err)? }),
+            Db::Read(_) => Err(StoreError::ReadOnly),
+        }
     }
 }
 
