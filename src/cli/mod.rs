@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod local;
 mod setup;
+mod status;
 
 use std::path::PathBuf;
 
@@ -47,6 +48,8 @@ pub enum Command {
     Scan(local::ScanArgs),
     /// List the local index of a folder.
     Ls(local::LsArgs),
+    /// Folder totals, what is needed, peers and completion (with or without a daemon).
+    Status(status::StatusArgs),
     /// List every conflict copy in every folder.
     Conflicts(JsonFlag),
     /// Two replicas in a temp dir, synced over loopback QUIC, a conflict made and listed.
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Folder(cmd) => setup::folder(&home, cmd),
         Command::Scan(args) => local::scan(&home, args),
         Command::Ls(args) => local::ls(&home, args),
+        Command::Status(args) => status::status(&home, args),
         Command::Conflicts(flag) => conflicts::conflicts(&home, flag.json),
         Command::Demo => demo::demo(),
         Command::Serve => daemon::serve(&home),

@@ -3,6 +3,8 @@
 //! index, binds the endpoint, dials peers with backoff, accepts connections, and runs one
 //! runner per folder.
 
+pub mod status;
+
 use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -117,6 +119,7 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
     for folder in &config.folders {
         tasks.spawn(run_folder(inner.clone(), folder.id.clone(), rescan));
     }
+    tasks.spawn(report_status(home.clone(), inner.clone()));
     let result = match mode {
         Mode::Serve => {
             wait_for_signal().await;
@@ -133,6 +136,7 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
     };
     endpoint.close(CloseCode::Shutdown.as_u32(), "shutdown");
     tasks.abort_all();
+    status::remove(home);
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
     let stats = &inner.stats;
@@ -142,6 +146,15 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
         resumed: load(&stats.resumed),
         rejected: load(&stats.rejected),
     })
+}
+
+/// Rewrites `daemon.json` every second.
+async fn report_status(home: Home, inner: Arc<Inner>) {
+    loop {
+        let (home2, inner2) = (home.clone(), inner.clone());
+        let _ = tokio::task::spawn_blocking(move || status::write(&home2, &inner2)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn wait_for_signal() {

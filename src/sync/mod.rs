@@ -43,6 +43,32 @@ pub struct Stats {
     pub rejected: AtomicU64,
 }
 
+/// What a folder's runner is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FolderState {
+    /// Waiting for changes.
+    #[default]
+    Idle,
+    /// Reading the disk.
+    Scanning,
+    /// Applying a plan.
+    Syncing,
+    /// The last round failed as a whole (see the error).
+    Error,
+}
+
+impl FolderState {
+    /// `idle`, `scanning`, `syncing` or `error`, as in `status --json`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Scanning => "scanning",
+            Self::Syncing => "syncing",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// What a session knows about a connected peer.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PeerState {
@@ -72,6 +98,7 @@ pub struct Inner {
     reached: Mutex<BTreeMap<DeviceId, PeerState>>,
     folder_wakeups: Mutex<BTreeMap<FolderId, Arc<Notify>>>,
     folder_clean: Mutex<BTreeMap<FolderId, bool>>,
+    folder_states: Mutex<BTreeMap<FolderId, (FolderState, Option<String>)>>,
     /// Bumped after every local index change; sessions send updates when it moves.
     pub local_changes: watch::Sender<u64>,
     /// Byte counters.
@@ -122,6 +149,7 @@ impl Inner {
             reached: Mutex::new(BTreeMap::new()),
             folder_wakeups: Mutex::new(BTreeMap::new()),
             folder_clean: Mutex::new(BTreeMap::new()),
+            folder_states: Mutex::new(BTreeMap::new()),
             local_changes: watch::Sender::new(0),
             stats: Stats::default(),
             faults: Faults::from_env(),
@@ -245,6 +273,23 @@ impl Inner {
         }
     }
 
+    fn set_state(&self, folder: &FolderId, state: FolderState, error: Option<String>) {
+        if let Ok(mut map) = self.folder_states.lock() {
+            map.insert(folder.clone(), (state, error));
+        }
+    }
+
+    /// What each folder's runner is doing, with the last whole-folder error.
+    pub fn folder_states(&self) -> BTreeMap<FolderId, (FolderState, Option<String>)> {
+        self.folder_states.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Peers with a live connection.
+    pub fn connected_peers(&self) -> Vec<DeviceId> {
+        let Ok(peers) = self.peers.lock() else { return Vec::new() };
+        peers.iter().filter(|(_, e)| e.conn.close_reason().is_none()).map(|(id, _)| *id).collect()
+    }
+
     /// True when the last round of `folder` ended with nothing left to do.
     pub fn is_clean(&self, folder: &FolderId) -> bool {
         self.folder_clean.lock().ok().and_then(|m| m.get(folder).copied()).unwrap_or(false)
@@ -256,8 +301,12 @@ pub async fn run_folder(inner: Arc<Inner>, folder: FolderId, rescan: Duration) {
     let wakeup = inner.wakeup(&folder);
     let _watch = start_watch(&inner, &folder, wakeup.clone());
     loop {
-        if let Err(e) = sync_folder_once(&inner, &folder).await {
-            tracing::warn!("folder {folder}: {e:#}");
+        match sync_folder_once(&inner, &folder).await {
+            Ok(()) => inner.set_state(&folder, FolderState::Idle, None),
+            Err(e) => {
+                tracing::warn!("folder {folder}: {e:#}");
+                inner.set_state(&folder, FolderState::Error, Some(e.to_string()));
+            }
         }
         tokio::select! {
             () = wakeup.notified() => tokio::time::sleep(DEBOUNCE).await,
@@ -317,8 +366,10 @@ pub async fn sync_folder_once(inner: &Arc<Inner>, folder: &FolderId) -> Result<(
     let mut rescan = true;
     for _ in 0..MAX_ROUNDS {
         if rescan {
+            inner.set_state(folder, FolderState::Scanning, None);
             scan(inner, &cfg).await?;
         }
+        inner.set_state(folder, FolderState::Syncing, None);
         let planned = blocking(inner, {
             let cfg = cfg.clone();
             move |inner| plan_folder(inner, &cfg)

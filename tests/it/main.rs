@@ -8,6 +8,7 @@
 mod cli;
 mod conflicts;
 mod scan;
+mod status;
 mod support;
 mod sync;
 mod tidy;
