@@ -230,7 +230,9 @@ async fn request_once(conn: &quinn::Connection, request: Request) -> Result<Vec<
 fn verify_whole(file: &File, record: &FileRecord) -> Result<(), ApplyError> {
     let mut hasher = blake3::Hasher::new();
     let mut offset = 0u64;
-    let mut buf = crate::scan::hasher::AlignedBuf::new(4 << 20);
+    // sized to the file (a zeroed 4 MiB buffer per small file would cost more than its hash)
+    let len = usize::try_from(record.size).unwrap_or(usize::MAX).clamp(4096, 4 << 20);
+    let mut buf = crate::scan::hasher::AlignedBuf::new(len.next_multiple_of(4096));
     while offset < record.size {
         let n = file.read_at(buf.bytes_mut(), offset).map_err(io_at(&record.path))?;
         if n == 0 {
