@@ -197,8 +197,12 @@ fn a_renamed_directory_of_1000_files_and_a_renamed_1_gib_file_cross_no_chunk() {
     assert_eq!(adopted.network, 0, "identical pre-filled replicas must be adopted: {adopted:?}");
     fs::rename(a.path("photos"), a.path("album")).unwrap();
     fs::rename(a.path("big.iso"), a.path("archive.iso")).unwrap();
-    let noticed =
-        wait_until(120, || serve.log_text().contains("scanned: 1002 new, 0 changed, 1002 deleted"));
+    let noticed = wait_until(120, || {
+        let live = a.live_paths();
+        live.iter().any(|p| p == "archive.iso")
+            && live.iter().any(|p| p == "album/img0999.jpg")
+            && !live.iter().any(|p| p.starts_with("photos"))
+    });
     assert!(noticed, "a did not rescan the renames: {}", serve.log_text());
     let moved = b.sync_ok();
     assert_eq!(moved.network, 0, "renames must not download: {moved:?}");
