@@ -233,8 +233,10 @@ async fn dial(endpoint: &Endpoint, peer: &PeerConfig) -> Result<quinn::Connectio
 /// Per peer: failed dial attempts so far (`u32::MAX` once a connection succeeded).
 type Attempts = Arc<std::sync::Mutex<BTreeMap<DeviceId, u32>>>;
 
-/// Dial failures after which `sync` stops waiting for a peer.
+/// Dial failures after which `sync` stops waiting for a peer…
 const UNREACHABLE_AFTER: u32 = 3;
+/// …but never before this long (a peer that is just starting gets a chance).
+const MIN_PATIENCE: Duration = Duration::from_secs(10);
 
 fn mark(attempted: &std::sync::Mutex<BTreeMap<DeviceId, u32>>, peer: DeviceId, connected: bool) {
     if let Ok(mut map) = attempted.lock() {
@@ -264,12 +266,16 @@ async fn wait_in_sync(
         if let Some(bar) = bar {
             bar.set_message(progress_message(inner, config));
         }
-        let all_attempted = attempted
-            .lock()
-            .map(|m| {
-                config.peers.iter().all(|p| m.get(&p.id).is_some_and(|n| *n >= UNREACHABLE_AFTER))
-            })
-            .unwrap_or(false);
+        let all_attempted = started.elapsed() >= MIN_PATIENCE
+            && attempted
+                .lock()
+                .map(|m| {
+                    config
+                        .peers
+                        .iter()
+                        .all(|p| m.get(&p.id).is_some_and(|n| *n >= UNREACHABLE_AFTER))
+                })
+                .unwrap_or(false);
         let reached: Vec<_> =
             inner.reached().into_iter().map(|(id, s)| (id, s.shared, s.received_index)).collect();
         let status = in_sync_status(inner, config, &reached);
