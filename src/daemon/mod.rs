@@ -266,16 +266,12 @@ async fn wait_in_sync(
         if let Some(bar) = bar {
             bar.set_message(progress_message(inner, config));
         }
-        let all_attempted = started.elapsed() >= MIN_PATIENCE
-            && attempted
-                .lock()
-                .map(|m| {
-                    config
-                        .peers
-                        .iter()
-                        .all(|p| m.get(&p.id).is_some_and(|n| *n >= UNREACHABLE_AFTER))
-                })
-                .unwrap_or(false);
+        let patient = started.elapsed() >= MIN_PATIENCE;
+        let settled = |n: &u32| *n == u32::MAX || (*n >= UNREACHABLE_AFTER && patient);
+        let all_attempted = attempted
+            .lock()
+            .map(|m| config.peers.iter().all(|p| m.get(&p.id).is_some_and(settled)))
+            .unwrap_or(false);
         let reached: Vec<_> =
             inner.reached().into_iter().map(|(id, s)| (id, s.shared, s.received_index)).collect();
         let status = in_sync_status(inner, config, &reached);
