@@ -69,6 +69,13 @@ pub struct DeviceConfig {
     /// Seconds between full rescans of every folder while serving.
     #[serde(default = "default_rescan_secs")]
     pub rescan_secs: u64,
+    /// Days that deleted and replaced files stay in each folder's `.tandem/trash/`.
+    #[serde(default = "default_trash_days")]
+    pub trash_days: u64,
+}
+
+fn default_trash_days() -> u64 {
+    14
 }
 
 fn default_rescan_secs() -> u64 {
@@ -106,7 +113,12 @@ pub struct FolderConfig {
 impl Config {
     /// A fresh config for a new device.
     pub fn new(name: String, listen: String) -> Self {
-        let device = DeviceConfig { name, listen, rescan_secs: default_rescan_secs() };
+        let device = DeviceConfig {
+            name,
+            listen,
+            rescan_secs: default_rescan_secs(),
+            trash_days: default_trash_days(),
+        };
         Self { device, peers: Vec::new(), folders: Vec::new() }
     }
 

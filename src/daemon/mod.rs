@@ -21,7 +21,7 @@ use crate::identity::{Identity, IdentityError};
 use crate::net::tls::TrustedPeers;
 use crate::net::{ConnectError, Endpoint, peer_device};
 use crate::store::{Index, StoreError};
-use crate::sync::{Inner, folder_in_sync, run_folder, session};
+use crate::sync::{Inner, folder_in_sync, initial_scan, run_folder, session};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
@@ -103,20 +103,34 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
     let trusted = TrustedPeers::new(config.peers.iter().map(|p| p.id));
     let endpoint =
         Arc::new(Endpoint::bind(listen, identity.cert_der()?, identity.key_der(), trusted)?);
+    let rescan = Duration::from_secs(config.device.rescan_secs.max(1));
+    let inner = Arc::new(Inner::new(index, identity.device_id(), home.clone(), config.clone()));
+    for folder in &config.folders {
+        if let Err(e) = initial_scan(&inner, &folder.id).await {
+            tracing::warn!("folder {}: {e}", folder.id);
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(accept_loop(inner.clone(), endpoint.clone()));
     tracing::info!(
         "device {} listening on {}",
         identity.device_id(),
         endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
-    let rescan = Duration::from_secs(config.device.rescan_secs.max(1));
-    let inner = Arc::new(Inner::new(index, identity.device_id(), home.clone(), config.clone()));
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(accept_loop(inner.clone(), endpoint.clone()));
     let attempted: Attempts = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     for peer in &config.peers {
         tasks.spawn(dial_loop(inner.clone(), endpoint.clone(), peer.clone(), attempted.clone()));
     }
     for folder in &config.folders {
+        let purged = crate::sync::writer::FolderFs::new(folder.path.clone())
+            .purge_trash(config.device.trash_days);
+        if purged > 0 {
+            tracing::info!(
+                "folder {}: removed {purged} files older than {} days from the trash",
+                folder.id,
+                config.device.trash_days
+            );
+        }
         tasks.spawn(run_folder(inner.clone(), folder.id.clone(), rescan));
     }
     tasks.spawn(report_status(home.clone(), inner.clone()));

@@ -48,6 +48,15 @@ pub enum ScanError {
         /// What the stat said.
         reason: String,
     },
+    /// The folder marker is gone but the index knows files here: most likely an unmounted
+    /// disk or a replaced directory. Nothing is scanned, so nothing is deleted.
+    #[error(
+        "folder marker {root}/.tandem/folder is missing although the index knows files there: is the disk unmounted or the folder replaced? Not scanning. If this really is the folder, restore the marker: mkdir -p {root}/.tandem && touch {root}/.tandem/folder"
+    )]
+    MarkerMissing {
+        /// The root.
+        root: PathBuf,
+    },
     /// `.tandemignore` could not be parsed.
     #[error("{root}/.tandemignore: {source}")]
     Ignore {
@@ -135,6 +144,7 @@ pub fn scan_folder(index: &Index, target: &ScanTarget<'_>) -> Result<ScanSummary
         .map_err(|source| ScanError::Ignore { root: target.root.to_path_buf(), source })?;
     let existing: BTreeMap<String, LocalRecord> =
         index.records(target.folder)?.into_iter().map(|r| (r.record.path.to_string(), r)).collect();
+    check_marker(target.root, &existing)?;
     let mut writer = Writer::new(index, target, &existing);
     let (seen, unknown) = std::thread::scope(|s| -> Result<_, ScanError> {
         let (found_tx, found_rx) = mpsc::sync_channel::<Found>(4 * BATCH);
@@ -155,6 +165,29 @@ pub fn scan_folder(index: &Index, target: &ScanTarget<'_>) -> Result<ScanSummary
     count_live(index, target.folder, &mut summary)?;
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// The marker file that says "this directory is the synced folder": created by the first
+/// scan, required by every later one. An unmounted disk or a replaced directory lacks it,
+/// and is then refused instead of read as "every file was deleted".
+pub const MARKER: &str = ".tandem/folder";
+
+fn check_marker(root: &Path, existing: &BTreeMap<String, LocalRecord>) -> Result<(), ScanError> {
+    let marker = root.join(MARKER);
+    if marker.is_file() {
+        return Ok(());
+    }
+    if existing.values().any(|l| !l.record.deleted) {
+        return Err(ScanError::MarkerMissing { root: root.to_path_buf() });
+    }
+    let create = || -> std::io::Result<()> {
+        fs::create_dir_all(root.join(walk::STATE_DIR))?;
+        fs::write(&marker, b"tandem folder marker: do not delete\n")
+    };
+    create().map_err(|e| ScanError::RootMissing {
+        path: root.into(),
+        reason: format!("cannot create {MARKER}: {e}"),
+    })
 }
 
 fn check_root(root: &Path) -> Result<(), ScanError> {

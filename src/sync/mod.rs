@@ -97,7 +97,8 @@ pub struct Inner {
     peers: Mutex<BTreeMap<DeviceId, PeerEntry>>,
     reached: Mutex<BTreeMap<DeviceId, PeerState>>,
     folder_wakeups: Mutex<BTreeMap<FolderId, Arc<Notify>>>,
-    folder_clean: Mutex<BTreeMap<FolderId, bool>>,
+    /// Per folder: (news counter, the counter value at which a plan came out empty).
+    folder_clean: Mutex<BTreeMap<FolderId, (u64, Option<u64>)>>,
     folder_states: Mutex<BTreeMap<FolderId, (FolderState, Option<String>)>>,
     /// Bumped after every local index change; sessions send updates when it moves.
     pub local_changes: watch::Sender<u64>,
@@ -267,10 +268,25 @@ impl Inner {
         self.local_changes.send_modify(|n| *n += 1);
     }
 
-    fn set_clean(&self, folder: &FolderId, clean: bool) {
+    /// The folder's news counter: bumped whenever peer records arrive.
+    fn news(&self, folder: &FolderId) -> u64 {
+        self.folder_clean.lock().ok().and_then(|m| m.get(folder).map(|e| e.0)).unwrap_or(0)
+    }
+
+    /// Records that a plan made at news counter `seen` had `clean` (no steps).
+    fn set_clean(&self, folder: &FolderId, seen: u64, clean: bool) {
         if let Ok(mut map) = self.folder_clean.lock() {
-            map.insert(folder.clone(), clean);
+            let entry = map.entry(folder.clone()).or_default();
+            entry.1 = clean.then_some(seen);
         }
+    }
+
+    /// New peer records for `folder`: whatever the runner planned before is stale.
+    pub(crate) fn peer_news(&self, folder: &FolderId) {
+        if let Ok(mut map) = self.folder_clean.lock() {
+            map.entry(folder.clone()).or_default().0 += 1;
+        }
+        self.notify_folder(folder);
     }
 
     fn set_state(&self, folder: &FolderId, state: FolderState, error: Option<String>) {
@@ -290,9 +306,10 @@ impl Inner {
         peers.iter().filter(|(_, e)| e.conn.close_reason().is_none()).map(|(id, _)| *id).collect()
     }
 
-    /// True when the last round of `folder` ended with nothing left to do.
+    /// True when a plan made after the latest peer records had nothing left to do.
     pub fn is_clean(&self, folder: &FolderId) -> bool {
-        self.folder_clean.lock().ok().and_then(|m| m.get(folder).copied()).unwrap_or(false)
+        let entry = self.folder_clean.lock().ok().and_then(|m| m.get(folder).copied());
+        entry.is_some_and(|(news, clean_at)| clean_at == Some(news))
     }
 }
 
@@ -360,6 +377,14 @@ pub enum FolderError {
     Task(String),
 }
 
+/// Scans one folder (the daemon does this for every folder before it talks to peers, so
+/// the first index it announces matches the disk).
+pub async fn initial_scan(inner: &Arc<Inner>, folder: &FolderId) -> Result<(), FolderError> {
+    let cfg = inner.config().folder(folder).cloned().map_err(|_| FolderError::Gone)?;
+    inner.set_state(folder, FolderState::Scanning, None);
+    scan(inner, &cfg).await
+}
+
 /// One scan and up to `MAX_ROUNDS` plan-and-apply rounds.
 pub async fn sync_folder_once(inner: &Arc<Inner>, folder: &FolderId) -> Result<(), FolderError> {
     let cfg = inner.config().folder(folder).cloned().map_err(|_| FolderError::Gone)?;
@@ -370,12 +395,13 @@ pub async fn sync_folder_once(inner: &Arc<Inner>, folder: &FolderId) -> Result<(
             scan(inner, &cfg).await?;
         }
         inner.set_state(folder, FolderState::Syncing, None);
+        let seen = inner.news(folder);
         let planned = blocking(inner, {
             let cfg = cfg.clone();
             move |inner| plan_folder(inner, &cfg)
         })
         .await??;
-        inner.set_clean(folder, planned.plan.steps.is_empty());
+        inner.set_clean(folder, seen, planned.plan.steps.is_empty());
         if planned.plan.steps.is_empty() {
             return Ok(());
         }

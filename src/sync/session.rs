@@ -182,6 +182,8 @@ async fn send_index(
         let last = send_since(&inner, &mut tx, folder, since, !resume, true).await?;
         sent.insert(folder.clone(), last.max(since));
     }
+    // the first Ping marks the end of the initial exchange (PROTOCOL.md §9)
+    tx.send(&Message::Ping).await?;
     loop {
         changes.borrow_and_update();
         for folder in shared.keys() {
@@ -210,7 +212,7 @@ async fn send_since(
         .map_err(|e| ProtocolError::Store(e.to_string()))?;
     let mut last = since;
     let mut first = first;
-    if records.is_empty() && (first || initial) {
+    if records.is_empty() && first {
         let batch = IndexBatch { folder: folder.clone(), records: Vec::new(), first };
         tx.send(&Message::Index(batch)).await?;
         return Ok(last);
@@ -254,6 +256,7 @@ async fn receive(
     shared: &BTreeMap<FolderId, FolderShare>,
 ) -> Result<(), ProtocolError> {
     let peer_key = peer.to_string();
+    let mut initial_done = false;
     loop {
         let batch = match rx.recv().await? {
             Some(Message::Index(b)) => b,
@@ -261,7 +264,15 @@ async fn receive(
                 return Err(ProtocolError::Violation("IndexUpdate with first set".into()));
             }
             Some(Message::IndexUpdate(b)) => b,
-            Some(Message::Ping) => continue,
+            Some(Message::Ping) => {
+                if !initial_done {
+                    initial_done = true;
+                    for folder in shared.keys() {
+                        inner.mark_index_received(&peer, folder);
+                    }
+                }
+                continue;
+            }
             Some(Message::Close(c)) => return Err(ProtocolError::Closed(c.reason)),
             None => return Ok(()),
             Some(other) => {
@@ -284,8 +295,7 @@ async fn receive(
             )));
         }
         store_batch(inner, &peer_key, share.index_id, &batch)?;
-        inner.mark_index_received(&peer, &batch.folder);
-        inner.notify_folder(&batch.folder);
+        inner.peer_news(&batch.folder);
     }
 }
 

@@ -9,13 +9,13 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use tandem_proto::model::{EntryKind, FileRecord, Hash, RelPath};
 
-use crate::scan::walk::TEMP_PREFIX;
+use crate::scan::walk::{STATE_DIR, TEMP_PREFIX};
 use crate::store::{LocalRecord, StatKey};
 
 /// Why applying a change failed. None of these leave a partial file under a real name.
@@ -185,10 +185,75 @@ impl FolderFs {
         file.set_modified(system_time(record.mtime_ns)).map_err(io_at(&record.path))?;
         file.sync_all().map_err(io_at(&record.path))?;
         self.check_unchanged(&record.path, indexed)?;
-        if self.stat(&record.path)?.is_some_and(|m| m.is_dir()) {
-            return Err(ApplyError::LocalChange(record.path.clone()));
+        match self.stat(&record.path)? {
+            Some(meta) if meta.is_dir() => {
+                return Err(ApplyError::LocalChange(record.path.clone()));
+            }
+            Some(meta) if meta.is_file() => {
+                // keep the version being replaced: a hard link in the trash, then an atomic
+                // rename over the name (the name never stops existing)
+                let kept = self.trash_path(&record.path)?;
+                fs::hard_link(self.abs(&record.path), &kept).map_err(io_at(&record.path))?;
+                tracing::info!("{}: previous version kept in {}", record.path, kept.display());
+            }
+            _ => {}
         }
         fs::rename(self.temp_path(record), self.abs(&record.path)).map_err(io_at(&record.path))
+    }
+
+    /// The per-folder trash: `.tandem/trash/` in the root, ignored by the scanner.
+    pub fn trash_dir(&self) -> PathBuf {
+        self.root.join(STATE_DIR).join("trash")
+    }
+
+    /// A fresh place in the trash for the current version of `rel`:
+    /// `.tandem/trash/<dirs>/<name>.<UTC timestamp>[.<n>]`.
+    fn trash_path(&self, rel: &RelPath) -> Result<PathBuf, ApplyError> {
+        let dir = match rel.parent() {
+            Some(parent) => self.trash_dir().join(parent.as_str()),
+            None => self.trash_dir(),
+        };
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_at(rel))?;
+        let stamp = trash_stamp();
+        let name = rel.file_name();
+        let mut candidate = dir.join(format!("{name}.{stamp}"));
+        for n in 1.. {
+            if fs::symlink_metadata(&candidate).is_err() {
+                break;
+            }
+            candidate = dir.join(format!("{name}.{stamp}.{n}"));
+        }
+        Ok(candidate)
+    }
+
+    /// Moves what is at `rel` (a file or symlink) to the trash; returns where it went.
+    fn move_to_trash(&self, rel: &RelPath) -> Result<PathBuf, ApplyError> {
+        let kept = self.trash_path(rel)?;
+        fs::rename(self.abs(rel), &kept).map_err(io_at(rel))?;
+        tracing::info!("{rel}: deleted; kept in {}", kept.display());
+        Ok(kept)
+    }
+
+    /// Removes trash entries older than `days` (by their ctime: when they were trashed).
+    pub fn purge_trash(&self, days: u64) -> usize {
+        let cutoff =
+            std::time::SystemTime::now() - Duration::from_secs(days.saturating_mul(86_400));
+        let mut removed = 0;
+        for entry in
+            walkdir::WalkDir::new(self.trash_dir()).contents_first(true).into_iter().flatten()
+        {
+            let Ok(meta) = entry.metadata() else { continue };
+            let ctime = UNIX_EPOCH
+                + Duration::from_secs(
+                    u64::try_from(std::os::unix::fs::MetadataExt::ctime(&meta)).unwrap_or(0),
+                );
+            if meta.is_dir() {
+                let _ = fs::remove_dir(entry.path()); // only succeeds once empty
+            } else if ctime < cutoff && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Removes a temp file after a failed transfer that cannot resume.
@@ -281,12 +346,10 @@ impl FolderFs {
     pub fn delete(&self, rel: &RelPath, indexed: Option<&LocalRecord>) -> Result<(), ApplyError> {
         self.check_unchanged(rel, indexed)?;
         let Some(meta) = self.stat(rel)? else { return Ok(()) };
-        let result = if meta.is_dir() {
-            fs::remove_dir(self.abs(rel))
-        } else {
-            fs::remove_file(self.abs(rel))
-        };
-        match result {
+        if !meta.is_dir() {
+            return self.move_to_trash(rel).map(|_| ());
+        }
+        match fs::remove_dir(self.abs(rel)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
                 Err(ApplyError::NotEmpty(rel.clone()))
@@ -310,6 +373,13 @@ impl FolderFs {
 /// `O_NOFOLLOW`: opening a symlink fails instead of following it.
 const fn libc_o_nofollow() -> i32 {
     libc::O_NOFOLLOW
+}
+
+/// `YYYYMMDD-HHMMSS` (UTC) of now, for trash names.
+fn trash_stamp() -> String {
+    let secs =
+        std::time::SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    tandem_proto::rules::format_timestamp(secs)
 }
 
 fn system_time(ns: i64) -> std::time::SystemTime {

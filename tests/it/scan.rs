@@ -340,3 +340,18 @@ fn fifos_are_skipped_and_reported() {
     assert!(out.contains("1 not synced"), "{out}");
     assert_eq!(d.live_paths(), ["a.txt"]);
 }
+
+#[test]
+fn an_emptied_mount_point_is_refused_not_read_as_a_mass_delete() {
+    let d = Device::with_folder();
+    d.write("a.txt", b"x");
+    d.write("dir/b.txt", b"y");
+    d.scan();
+    assert!(d.path(".tandem/folder").is_file(), "the first scan leaves a marker");
+    // the disk is unmounted: the mount point is an empty directory
+    fs::remove_dir_all(d.folder()).unwrap();
+    fs::create_dir(d.folder()).unwrap();
+    let err = d.fails(&["scan", "docs"], 1);
+    assert!(err.contains("marker") && err.contains("unmounted"), "{err}");
+    assert_eq!(d.live_paths(), ["a.txt", "dir", "dir/b.txt"], "nothing became a tombstone");
+}

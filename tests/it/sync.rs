@@ -259,3 +259,41 @@ fn a_saved_file_reaches_the_peer_through_the_watcher_not_the_rescan_timer() {
         on_a["version"].as_array().unwrap().iter().map(|c| c["device"].clone()).collect();
     assert_eq!(devices.len(), 1, "only a ever changed notes.txt: {devices:?}");
 }
+
+fn trash_contents(d: &Device) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut stack = vec![d.folder().join(".tandem/trash")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(fs::read(entry.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn files_deleted_or_replaced_by_sync_are_kept_in_the_trash() {
+    let (a, b) = pair();
+    a.write("gone.txt", b"delete me");
+    a.write("sub/edit.txt", b"version one");
+    {
+        let _serve = a.serve();
+        b.sync_ok();
+    }
+    fs::remove_file(a.path("gone.txt")).unwrap();
+    a.write("sub/edit.txt", b"version two, longer");
+    {
+        let _serve = a.serve();
+        b.sync_ok();
+    }
+    assert!(!b.path("gone.txt").exists());
+    assert_eq!(fs::read(b.path("sub/edit.txt")).unwrap(), b"version two, longer");
+    let kept = trash_contents(&b);
+    assert!(kept.contains(&b"delete me".to_vec()), "deleted file not in the trash");
+    assert!(kept.contains(&b"version one".to_vec()), "replaced version not in the trash");
+    assert!(!b.tree().keys().any(|k| k.contains("trash")), "the trash is not synced");
+}

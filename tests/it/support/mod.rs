@@ -246,7 +246,11 @@ impl Device {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Daemon { child: cmd.spawn().expect("spawn serve"), log }
+        let daemon = Daemon { child: cmd.spawn().expect("spawn serve"), log };
+        // ready once it has scanned and accepts connections
+        let ready = wait_until(60, || daemon.log_text().contains("listening on"));
+        assert!(ready, "serve did not start: {}", daemon.log_text());
+        daemon
     }
 
     pub(crate) fn serve(&self) -> Daemon {
