@@ -6,7 +6,9 @@
 mod conflicts;
 mod daemon;
 mod demo;
+mod explain;
 mod local;
+mod resolve;
 mod setup;
 mod status;
 
@@ -50,6 +52,18 @@ pub enum Command {
     Ls(local::LsArgs),
     /// Folder totals, what is needed, peers and completion (with or without a daemon).
     Status(status::StatusArgs),
+    /// Why a path is as it is: every replica's record, the global winner and its rule.
+    Explain {
+        /// The folder.
+        folder_id: String,
+        /// The path inside it.
+        path: String,
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End conflicts: keep the original, the copy, the newest, or both.
+    Resolve(resolve::ResolveArgs),
     /// List every conflict copy in every folder.
     Conflicts(JsonFlag),
     /// Two replicas in a temp dir, synced over loopback QUIC, a conflict made and listed.
@@ -80,6 +94,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls(args) => local::ls(&home, args),
         Command::Status(args) => status::status(&home, args),
         Command::Conflicts(flag) => conflicts::conflicts(&home, flag.json),
+        Command::Resolve(args) => resolve::resolve(&home, args),
+        Command::Explain { folder_id, path, json } => {
+            explain::explain(&home, &folder_id, &path, json)
+        }
         Command::Demo => demo::demo(),
         Command::Serve => daemon::serve(&home),
         Command::Sync(args) => daemon::sync(&home, args),

@@ -227,7 +227,7 @@ impl FolderFs {
     }
 
     /// Moves what is at `rel` (a file or symlink) to the trash; returns where it went.
-    fn move_to_trash(&self, rel: &RelPath) -> Result<PathBuf, ApplyError> {
+    pub fn move_to_trash(&self, rel: &RelPath) -> Result<PathBuf, ApplyError> {
         let kept = self.trash_path(rel)?;
         fs::rename(self.abs(rel), &kept).map_err(io_at(rel))?;
         tracing::info!("{rel}: deleted; kept in {}", kept.display());

@@ -117,6 +117,10 @@ fn a_concurrent_edit_made_while_disconnected_ends_with_one_identical_conflict_co
     };
     assert_eq!(listed(&a), listed(&b), "conflicts are listed identically on every replica");
     assert_eq!(listed(&a).len(), 1);
+    let why: serde_json::Value =
+        serde_json::from_str(&b.ok(&["explain", "docs", "report.txt", "--json"])).unwrap();
+    assert_eq!(why["records"].as_array().unwrap().len(), 2, "b's record and a's: {why:#}");
+    assert_eq!(why["need"], "in-sync", "{why:#}");
 }
 
 #[test]

@@ -71,7 +71,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("net", &[]),
     ("sync", &["home", "config", "store", "scan", "net"]),
     ("daemon", &["home", "config", "identity", "store", "net", "sync"]),
-    ("cli", &["home", "config", "identity", "store", "scan", "daemon"]),
+    ("cli", &["home", "config", "identity", "store", "scan", "sync", "daemon"]),
 ];
 
 #[test]
