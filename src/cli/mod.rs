@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod explain;
 mod local;
+mod log;
 mod resolve;
 mod setup;
 mod status;
@@ -64,6 +65,8 @@ pub enum Command {
     },
     /// End conflicts: keep the original, the copy, the newest, or both.
     Resolve(resolve::ResolveArgs),
+    /// Recent sync events: what changed, from which device, errors.
+    Log(log::LogArgs),
     /// List every conflict copy in every folder.
     Conflicts(JsonFlag),
     /// Two replicas in a temp dir, synced over loopback QUIC, a conflict made and listed.
@@ -94,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls(args) => local::ls(&home, args),
         Command::Status(args) => status::status(&home, args),
         Command::Conflicts(flag) => conflicts::conflicts(&home, flag.json),
+        Command::Log(args) => log::log(&home, args),
         Command::Resolve(args) => resolve::resolve(&home, args),
         Command::Explain { folder_id, path, json } => {
             explain::explain(&home, &folder_id, &path, json)

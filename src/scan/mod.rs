@@ -23,10 +23,12 @@ use tandem_proto::model::{
 };
 use tandem_proto::rules::{resolve, scanned_record};
 
-use crate::store::{Index, LocalRecord, StatKey, StoreError};
+use crate::store::{Event, EventKind, Index, LocalRecord, StatKey, StoreError};
 use hasher::{FileHasher, HashError};
 use walk::{Filter, WalkItem};
 
+/// Local changes logged one by one per scan; more are summed up in one entry.
+const MAX_SCAN_EVENTS: usize = 1000;
 /// Records written per durable commit.
 const BATCH: usize = 1000;
 /// Attempts to hash a file that keeps changing under us.
@@ -332,6 +334,8 @@ struct Writer<'a> {
     target: &'a ScanTarget<'a>,
     existing: &'a BTreeMap<String, LocalRecord>,
     pending: Vec<(LocalRecord, bool)>,
+    events_logged: usize,
+    events_skipped: usize,
     summary: ScanSummary,
     now_secs: u64,
 }
@@ -349,6 +353,8 @@ impl<'a> Writer<'a> {
             target,
             existing,
             pending: Vec::new(),
+            events_logged: 0,
+            events_skipped: 0,
             summary: ScanSummary::default(),
             now_secs,
         }
@@ -448,8 +454,11 @@ impl<'a> Writer<'a> {
             return Ok(());
         }
         let mut batch = self.index.write()?;
-        for (local, is_change) in self.pending.drain(..) {
+        for (local, is_change) in std::mem::take(&mut self.pending) {
             if is_change {
+                if let Some(event) = self.change_event(&local.record) {
+                    batch.log_event(&event)?;
+                }
                 batch.put_change(self.target.folder, local)?;
             } else {
                 batch.put_unchanged(self.target.folder, &local)?;
@@ -460,7 +469,46 @@ impl<'a> Writer<'a> {
 
     fn finish(mut self) -> Result<ScanSummary, StoreError> {
         self.flush()?;
+        if self.events_skipped > 0 {
+            let detail =
+                format!("and {} more local changes (not logged one by one)", self.events_skipped);
+            let mut batch = self.index.write()?;
+            batch.log_event(&self.event(String::new(), detail))?;
+            batch.commit()?;
+        }
         Ok(self.summary)
+    }
+
+    /// The log entry for a local change this scan found (the first `MAX_SCAN_EVENTS`).
+    fn change_event(&mut self, record: &FileRecord) -> Option<Event> {
+        if record.modified_by != self.target.device {
+            return None; // an applied remote version whose commit was lost, not a local change
+        }
+        if self.events_logged >= MAX_SCAN_EVENTS {
+            self.events_skipped += 1;
+            return None;
+        }
+        self.events_logged += 1;
+        let was_live = self.existing.get(record.path.as_str()).is_some_and(|o| !o.record.deleted);
+        let what = match (record.deleted, was_live) {
+            (true, _) => "deleted",
+            (false, true) => "changed",
+            (false, false) => "new",
+        };
+        Some(self.event(record.path.to_string(), what.to_string()))
+    }
+
+    fn event(&self, path: String, detail: String) -> Event {
+        let time_ns = i64::try_from(self.now_secs).unwrap_or(0).saturating_mul(1_000_000_000);
+        let device = Some(self.target.device.to_string());
+        Event {
+            time_ns,
+            folder: self.target.folder.to_string(),
+            path,
+            kind: EventKind::LocalChange,
+            device,
+            detail,
+        }
     }
 }
 

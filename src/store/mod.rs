@@ -18,9 +18,12 @@ use redb::{
 };
 use tandem_proto::model::{FileRecord, Hash, RelPath};
 
-pub use records::{FolderMeta, LocalRecord, PeerMeta, RecordError};
+pub use records::{Event, EventKind, FolderMeta, LocalRecord, PeerMeta, RecordError};
 pub use stat::StatKey;
-use tables::{CHUNKS, FILES, FOLDERS, PEER_FILES, PEER_META, SEQUENCES};
+use tables::{CHUNKS, EVENTS, FILES, FOLDERS, PEER_FILES, PEER_META, SEQUENCES};
+
+/// Events kept in the log; older ones are dropped as new ones arrive.
+pub const MAX_EVENTS: u64 = 10_000;
 
 /// Why the index could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,7 @@ impl Index {
             txn.open_table(FOLDERS).map_err(db_err)?;
             txn.open_table(PEER_FILES).map_err(db_err)?;
             txn.open_table(PEER_META).map_err(db_err)?;
+            txn.open_table(EVENTS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db: Db::Write(db) })
@@ -190,6 +194,25 @@ impl Index {
         let table = txn.open_table(FOLDERS).map_err(db_err)?;
         let value = table.get(folder).map_err(db_err)?;
         value.map(|v| decode_meta_entry(folder, v.value())).transpose()
+    }
+
+    /// Log events with an id above `after`, oldest first, at most `limit` of the newest.
+    pub fn events(&self, after: u64, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(EVENTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.range(after.saturating_add(1)..).map_err(db_err)?.rev().take(limit) {
+            let (id, value) = entry.map_err(db_err)?;
+            let event =
+                records::decode_event(value.value()).map_err(|source| StoreError::Corrupt {
+                    folder: String::new(),
+                    key: format!("event {}", id.value()),
+                    source,
+                })?;
+            out.push((id.value(), event));
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// The records `peer` announced for `folder`, by path.
@@ -343,6 +366,18 @@ impl WriteBatch {
             key: peer.into(),
             source,
         })
+    }
+
+    /// Appends an event to the log (dropping the oldest past [`MAX_EVENTS`]).
+    pub fn log_event(&mut self, event: &Event) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(EVENTS).map_err(db_err)?;
+        let last = table.last().map_err(db_err)?.map(|(k, _)| k.value()).unwrap_or(0);
+        let id = last + 1;
+        table.insert(id, records::encode_event(event).as_slice()).map_err(db_err)?;
+        if id > MAX_EVENTS {
+            table.remove(id - MAX_EVENTS).map_err(db_err)?;
+        }
+        Ok(())
     }
 
     /// Removes every trace of a folder.

@@ -43,6 +43,61 @@ pub struct PeerMeta {
     pub max_sequence: u64,
 }
 
+/// One entry of the sync log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When (ns since the Unix epoch).
+    pub time_ns: i64,
+    /// Folder id.
+    pub folder: String,
+    /// Path in the folder (empty for folder-wide events).
+    pub path: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// The device whose change it was (short id), if known.
+    pub device: Option<String>,
+    /// Details: where a replaced or deleted file went, an error message, …
+    pub detail: String,
+}
+
+/// What an [`Event`] records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A remote change was applied (file written, directory or symlink made, metadata set).
+    Updated,
+    /// A remote delete was applied (the file went to the trash).
+    Deleted,
+    /// Our losing version was renamed to a conflict copy.
+    ConflictCopy,
+    /// The scanner found a local change.
+    LocalChange,
+    /// Something failed.
+    Error,
+}
+
+impl EventKind {
+    /// Kebab-case name, as `log --json` prints it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Updated => "updated",
+            Self::Deleted => "deleted",
+            Self::ConflictCopy => "conflict-copy",
+            Self::LocalChange => "local-change",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Encodes a log event.
+pub(crate) fn encode_event(event: &Event) -> Vec<u8> {
+    envelope(FORMAT_V1, event)
+}
+
+/// Decodes a log event.
+pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, RecordError> {
+    open_envelope(bytes)
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredFileV1 {
     kind: EntryKind,

@@ -29,3 +29,7 @@ pub(crate) const PEER_FILES: TableDefinition<'_, (&str, &str, &str), &[u8]> =
 /// (folder id, peer device id text) → encoded [`crate::store::PeerMeta`].
 pub(crate) const PEER_META: TableDefinition<'_, (&str, &str), &[u8]> =
     TableDefinition::new("peer_meta_v1");
+
+/// event id (increasing) → encoded [`crate::store::Event`]: the sync log, trimmed to the
+/// newest `MAX_EVENTS`.
+pub(crate) const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events_v1");

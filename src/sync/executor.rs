@@ -20,7 +20,7 @@ use tandem_proto::model::{DeviceId, FileRecord, RelPath};
 use tandem_proto::rules::{Action, Plan, Step};
 
 use crate::config::FolderConfig;
-use crate::store::LocalRecord;
+use crate::store::{Event, EventKind, LocalRecord};
 use crate::sync::Inner;
 use crate::sync::puller::{PullJob, copy_local, pull_file};
 use crate::sync::writer::{ApplyError, FolderFs};
@@ -99,6 +99,22 @@ async fn run(inner: Arc<Inner>, idx: usize, transfer: Transfer) -> (usize, Resul
     (idx, result)
 }
 
+/// The path a step is about.
+fn step_path(step: &Step) -> &RelPath {
+    match &step.action {
+        Action::RenameToConflict { from, .. } => from,
+        Action::Pull { record, .. }
+        | Action::CopyLocal { record, .. }
+        | Action::Rename { record, .. } => &record.path,
+        Action::MakeDir { path, .. }
+        | Action::KeepDir { path }
+        | Action::MakeSymlink { path, .. }
+        | Action::SetMetadata { path, .. }
+        | Action::Record { path }
+        | Action::Delete { path, .. } => path,
+    }
+}
+
 fn moves_or_removes(step: &Step) -> bool {
     matches!(
         step.action,
@@ -112,6 +128,7 @@ struct Executor<'a> {
     fs: FolderFs,
     local: BTreeMap<RelPath, LocalRecord>,
     pending: Vec<LocalRecord>,
+    events: Vec<Event>,
     dirs: BTreeSet<PathBuf>,
     outcome: Outcome,
     steps_pending: usize,
@@ -125,7 +142,7 @@ impl<'a> Executor<'a> {
     ) -> Self {
         let fs = FolderFs::new(cfg.path.clone());
         let (pending, dirs, outcome) = (Vec::new(), BTreeSet::new(), Outcome::default());
-        Self { inner, cfg, fs, local, pending, dirs, outcome, steps_pending: 0 }
+        Self { inner, cfg, fs, local, pending, events: Vec::new(), dirs, outcome, steps_pending: 0 }
     }
 
     /// The step as a concurrent transfer, if it is one.
@@ -190,11 +207,97 @@ impl<'a> Executor<'a> {
                 );
                 self.outcome.rescan = true;
             }
-            Err(e) => tracing::warn!("folder {}: {e}", self.cfg.id),
+            Err(e) => {
+                tracing::warn!("folder {}: {e}", self.cfg.id);
+                self.events.push(self.event(
+                    step_path(step),
+                    EventKind::Error,
+                    None,
+                    e.to_string(),
+                ));
+            }
         }
     }
 
+    fn event(
+        &self,
+        path: &RelPath,
+        kind: EventKind,
+        device: Option<String>,
+        detail: String,
+    ) -> Event {
+        let time_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Event {
+            time_ns,
+            folder: self.cfg.id.to_string(),
+            path: path.to_string(),
+            kind,
+            device,
+            detail,
+        }
+    }
+
+    /// The log entry for a successful step (before the in-memory index moves on).
+    fn event_for(&self, step: &Step) -> Option<Event> {
+        let by = |r: &FileRecord| Some(r.modified_by.to_string());
+        let replaced = |p: &RelPath| {
+            let was_file = self.local.get(p).is_some_and(|l| {
+                !l.record.deleted && l.record.kind == tandem_proto::model::EntryKind::File
+            });
+            if was_file { "; the previous version is in .tandem/trash/" } else { "" }
+        };
+        let (path, kind, device, detail) = match &step.action {
+            Action::RenameToConflict { from, to } => (
+                from,
+                EventKind::ConflictCopy,
+                Some(self.inner.short.to_string()),
+                format!("our version lost ({}) and was kept as {to}", step.reason),
+            ),
+            Action::Pull { record, .. } => (
+                &record.path,
+                EventKind::Updated,
+                by(record),
+                format!("received{}", replaced(&record.path)),
+            ),
+            Action::CopyLocal { from, record } => (
+                &record.path,
+                EventKind::Updated,
+                by(record),
+                format!("copied from {from}{}", replaced(&record.path)),
+            ),
+            Action::Rename { from, record } => {
+                (&record.path, EventKind::Updated, by(record), format!("moved from {from}"))
+            }
+            Action::MakeDir { path, .. } => {
+                (path, EventKind::Updated, None, "directory created".to_string())
+            }
+            Action::MakeSymlink { path, target } => {
+                (path, EventKind::Updated, None, format!("symlink to {target}"))
+            }
+            Action::SetMetadata { path, .. } => {
+                (path, EventKind::Updated, None, "permissions or mtime updated".to_string())
+            }
+            Action::Delete { path, kind } => {
+                let device = step.commit.first().and_then(by);
+                let detail = if *kind == tandem_proto::model::EntryKind::Dir {
+                    "directory removed".to_string()
+                } else {
+                    "moved to .tandem/trash/".to_string()
+                };
+                (path, EventKind::Deleted, device, detail)
+            }
+            Action::KeepDir { .. } | Action::Record { .. } => return None,
+        };
+        Some(self.event(path, kind, device, detail))
+    }
+
     fn stage(&mut self, step: &Step) -> Result<(), ApplyError> {
+        if let Some(event) = self.event_for(step) {
+            self.events.push(event);
+        }
         if let Action::RenameToConflict { from, .. } | Action::Rename { from, .. } = &step.action {
             self.local.remove(from);
             self.dirs.insert(self.fs.parent_dir(from));
@@ -222,13 +325,16 @@ impl<'a> Executor<'a> {
                 tracing::warn!("folder {}: fsync {}: {e}", self.cfg.id, dir.display());
             }
         }
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.events.is_empty() {
             return;
         }
         let folder = self.cfg.id.as_str();
         let result = self.inner.index.write().and_then(|mut batch| {
             for stored in self.pending.drain(..) {
                 batch.put_change(folder, stored)?;
+            }
+            for event in self.events.drain(..) {
+                batch.log_event(&event)?;
             }
             batch.commit()
         });

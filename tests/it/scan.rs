@@ -355,3 +355,32 @@ fn an_emptied_mount_point_is_refused_not_read_as_a_mass_delete() {
     assert!(err.contains("marker") && err.contains("unmounted"), "{err}");
     assert_eq!(d.live_paths(), ["a.txt", "dir", "dir/b.txt"], "nothing became a tombstone");
 }
+
+#[test]
+fn local_changes_are_logged_with_what_happened() {
+    let d = Device::with_folder();
+    d.write("a.txt", b"one");
+    d.scan();
+    d.write("a.txt", b"two!");
+    fs::remove_file(d.path("a.txt")).unwrap();
+    d.write("b.txt", b"new");
+    d.scan();
+    let log: serde_json::Value = serde_json::from_str(&d.ok(&["log", "--json"])).unwrap();
+    let seen: Vec<(String, String)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (e["path"].as_str().unwrap().to_string(), e["detail"].as_str().unwrap().to_string())
+        })
+        .collect();
+    for expected in [("a.txt", "new"), ("a.txt", "deleted"), ("b.txt", "new")] {
+        assert!(
+            seen.contains(&(expected.0.into(), expected.1.into())),
+            "{expected:?} missing from {seen:?}"
+        );
+    }
+    assert!(log.as_array().unwrap().iter().all(|e| e["kind"] == "local-change"));
+    let human = d.ok(&["log"]);
+    assert!(human.contains("local-change") && human.contains("b.txt"), "{human}");
+}

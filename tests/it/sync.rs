@@ -300,4 +300,20 @@ fn files_deleted_or_replaced_by_sync_are_kept_in_the_trash() {
     assert!(kept.contains(&b"delete me".to_vec()), "deleted file not in the trash");
     assert!(kept.contains(&b"version one".to_vec()), "replaced version not in the trash");
     assert!(!b.tree().keys().any(|k| k.contains("trash")), "the trash is not synced");
+    let log: serde_json::Value = serde_json::from_str(&b.ok(&["log", "--json"])).unwrap();
+    let events = log.as_array().unwrap();
+    let a_short = &a.id()[..7];
+    let deleted = events.iter().find(|e| e["path"] == "gone.txt" && e["kind"] == "deleted");
+    let deleted = deleted.unwrap_or_else(|| panic!("no delete event: {log:#}"));
+    assert!(deleted["detail"].as_str().unwrap().contains(".tandem/trash/"), "{deleted}");
+    assert_eq!(deleted["device"], a_short);
+    let replaced = events
+        .iter()
+        .filter(|e| e["path"] == "sub/edit.txt" && e["kind"] == "updated")
+        .last()
+        .unwrap();
+    assert!(
+        replaced["detail"].as_str().unwrap().contains("previous version is in .tandem/trash/"),
+        "{replaced}"
+    );
 }
