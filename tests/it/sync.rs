@@ -309,8 +309,8 @@ fn files_deleted_or_replaced_by_sync_are_kept_in_the_trash() {
     assert_eq!(deleted["device"], a_short);
     let replaced = events
         .iter()
-        .filter(|e| e["path"] == "sub/edit.txt" && e["kind"] == "updated")
-        .last()
+        .rev()
+        .find(|e| e["path"] == "sub/edit.txt" && e["kind"] == "updated")
         .unwrap();
     assert!(
         replaced["detail"].as_str().unwrap().contains("previous version is in .tandem/trash/"),
