@@ -12,7 +12,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tandem_proto::model::DeviceId;
+use tandem_proto::model::{DeviceId, FolderMode};
 use tandem_proto::wire::CloseCode;
 
 use crate::config::{Config, ConfigError, PeerConfig};
@@ -106,6 +106,7 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
     let rescan = Duration::from_secs(config.device.rescan_secs.max(1));
     let inner = Arc::new(Inner::new(index, identity.device_id(), home.clone(), config.clone()));
     for folder in &config.folders {
+        announce_after_receive_only(&inner.index, folder);
         if let Err(e) = initial_scan(&inner, &folder.id).await {
             tracing::warn!("folder {}: {e}", folder.id);
         }
@@ -160,6 +161,27 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
         resumed: load(&stats.resumed),
         rejected: load(&stats.rejected),
     })
+}
+
+/// A folder that ran receive-only held its local changes back; now that it runs in another
+/// mode they must be announced, so every record gets a fresh sequence number (resent).
+fn announce_after_receive_only(index: &Index, folder: &crate::config::FolderConfig) {
+    let id = folder.id.as_str();
+    let result = (|| -> Result<(), StoreError> {
+        let before = index.remembered_mode(id)?;
+        let left = before.as_deref() == Some(FolderMode::ReceiveOnly.as_str())
+            && folder.mode != FolderMode::ReceiveOnly;
+        let mut batch = index.write()?;
+        if left {
+            let n = batch.resequence(id)?;
+            tracing::info!("folder {id} left receive-only mode: announcing its {n} records");
+        }
+        batch.remember_mode(id, folder.mode.as_str())?;
+        batch.commit()
+    })();
+    if let Err(e) = result {
+        tracing::warn!("folder {id}: {e}");
+    }
 }
 
 /// Rewrites `daemon.json` every second.

@@ -20,7 +20,7 @@ use tandem_proto::model::{FileRecord, Hash, RelPath};
 
 pub use records::{Event, EventKind, FolderMeta, LocalRecord, PeerMeta, RecordError};
 pub use stat::StatKey;
-use tables::{CHUNKS, EVENTS, FILES, FOLDERS, PEER_FILES, PEER_META, SEQUENCES};
+use tables::{CHUNKS, EVENTS, FILES, FOLDER_MODES, FOLDERS, PEER_FILES, PEER_META, SEQUENCES};
 
 /// Events kept in the log; older ones are dropped as new ones arrive.
 pub const MAX_EVENTS: u64 = 10_000;
@@ -111,6 +111,7 @@ impl Index {
             txn.open_table(PEER_FILES).map_err(db_err)?;
             txn.open_table(PEER_META).map_err(db_err)?;
             txn.open_table(EVENTS).map_err(db_err)?;
+            txn.open_table(FOLDER_MODES).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db: Db::Write(db) })
@@ -194,6 +195,13 @@ impl Index {
         let table = txn.open_table(FOLDERS).map_err(db_err)?;
         let value = table.get(folder).map_err(db_err)?;
         value.map(|v| decode_meta_entry(folder, v.value())).transpose()
+    }
+
+    /// The mode the folder last ran in (see [`WriteBatch::remember_mode`]).
+    pub fn remembered_mode(&self, folder: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(FOLDER_MODES).map_err(db_err)?;
+        Ok(table.get(folder).map_err(db_err)?.map(|v| v.value().to_string()))
     }
 
     /// Log events with an id above `after`, oldest first, at most `limit` of the newest.
@@ -366,6 +374,35 @@ impl WriteBatch {
             key: peer.into(),
             source,
         })
+    }
+
+    /// Remembers the mode a folder runs in.
+    pub fn remember_mode(&mut self, folder: &str, mode: &str) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(FOLDER_MODES).map_err(db_err)?;
+        table.insert(folder, mode).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Gives every record of `folder` a new sequence number, so the next index exchange
+    /// sends all of them (peers ignore versions they already have).
+    pub fn resequence(&mut self, folder: &str) -> Result<usize, StoreError> {
+        let mut records = Vec::new();
+        {
+            let files = self.txn.open_table(FILES).map_err(db_err)?;
+            for entry in files.range((folder, "")..).map_err(db_err)? {
+                let (key, value) = entry.map_err(db_err)?;
+                let (entry_folder, path) = key.value();
+                if entry_folder != folder {
+                    break;
+                }
+                records.push(decode_entry(folder, path, value.value())?);
+            }
+        }
+        let count = records.len();
+        for local in records {
+            self.put_change(folder, local)?;
+        }
+        Ok(count)
     }
 
     /// Appends an event to the log (dropping the oldest past [`MAX_EVENTS`]).

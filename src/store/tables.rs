@@ -33,3 +33,8 @@ pub(crate) const PEER_META: TableDefinition<'_, (&str, &str), &[u8]> =
 /// event id (increasing) → encoded [`crate::store::Event`]: the sync log, trimmed to the
 /// newest `MAX_EVENTS`.
 pub(crate) const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events_v1");
+
+/// folder id → the folder mode (text) the daemon last ran it in, to notice a folder leaving
+/// receive-only mode (its held-back changes must then be announced).
+pub(crate) const FOLDER_MODES: TableDefinition<'_, &str, &str> =
+    TableDefinition::new("folder_modes_v1");

@@ -18,8 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tandem_proto::model::FolderMode;
 use tandem_proto::model::{DeviceId, FileRecord, FolderId, RelPath, ShortId};
-use tandem_proto::rules::{Action, GlobalState, Need, Plan, PlanConfig, Records, need, plan};
+use tandem_proto::rules::{
+    Action, GlobalState, Need, Plan, PlanConfig, Records, is_announced, need, plan, resolve,
+};
 use tokio::sync::{Notify, watch};
 
 use crate::config::{Config, FolderConfig};
@@ -249,6 +252,36 @@ impl Inner {
     pub fn connection(&self, peer: &DeviceId) -> Option<quinn::Connection> {
         let peers = self.peers.lock().ok()?;
         peers.get(peer).filter(|e| e.conn.close_reason().is_none()).map(|e| e.conn.clone())
+    }
+
+    /// The records of `folder` this device may announce: all of them, except in a
+    /// receive-only folder, where its own local changes are held back (only versions the
+    /// peers' state has seen are announced).
+    pub(crate) fn announced(
+        &self,
+        folder: &FolderId,
+        records: Vec<LocalRecord>,
+    ) -> Result<Vec<LocalRecord>, StoreError> {
+        let Ok(cfg) = self.config().folder(folder).cloned() else { return Ok(Vec::new()) };
+        if cfg.mode != FolderMode::ReceiveOnly {
+            return Ok(records);
+        }
+        let mut out = Vec::with_capacity(records.len());
+        for local in records {
+            let mut theirs = Vec::new();
+            for peer in &cfg.share {
+                theirs.extend(self.index.peer_record(
+                    folder.as_str(),
+                    &peer.to_string(),
+                    &local.record.path,
+                )?);
+            }
+            let refs: Vec<&FileRecord> = theirs.iter().collect();
+            if is_announced(cfg.mode, &local.record, resolve(&refs).as_ref()) {
+                out.push(local);
+            }
+        }
+        Ok(out)
     }
 
     /// Wakes the runner of `folder`.
@@ -551,7 +584,7 @@ fn peer_needs_nothing(records: &Records, global: &GlobalState<'_>) -> bool {
     paths.into_iter().all(|path| {
         let theirs: Option<&FileRecord> = records.get(path);
         matches!(
-            need(tandem_proto::model::FolderMode::SendReceive, theirs, global.get(path)),
+            need(FolderMode::SendReceive, theirs, global.get(path)),
             Need::InSync | Need::Ahead
         )
     })

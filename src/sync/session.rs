@@ -210,7 +210,9 @@ async fn send_since(
         .index
         .changes_since(folder.as_str(), since)
         .map_err(|e| ProtocolError::Store(e.to_string()))?;
-    let mut last = since;
+    let mut last = records.iter().map(|l| l.record.sequence).max().unwrap_or(since).max(since);
+    let records =
+        inner.announced(folder, records).map_err(|e| ProtocolError::Store(e.to_string()))?;
     let mut first = first;
     if records.is_empty() && first {
         let batch = IndexBatch { folder: folder.clone(), records: Vec::new(), first };

@@ -317,3 +317,41 @@ fn files_deleted_or_replaced_by_sync_are_kept_in_the_trash() {
         "{replaced}"
     );
 }
+
+#[test]
+fn receive_only_holds_local_changes_back_until_the_folder_switches_to_send_receive() {
+    let (a, b) = pair();
+    a.write("doc.txt", b"from a");
+    {
+        let _serve = a.serve();
+        b.sync_ok();
+    }
+    b.ok(&["folder", "set-mode", "docs", "receive-only"]);
+    b.write("doc.txt", b"edited on b");
+    b.write("b-only.txt", b"new on b");
+    a.write("from-a.txt", b"still flows to b");
+    {
+        let _serve = a.serve();
+        b.sync_ok();
+    }
+    assert_eq!(fs::read(a.path("doc.txt")).unwrap(), b"from a", "a receive-only edit leaked");
+    assert!(!a.path("b-only.txt").exists(), "a receive-only new file leaked");
+    assert!(b.path("from-a.txt").exists(), "receive-only still receives");
+    let status: serde_json::Value = serde_json::from_str(&b.ok(&["status", "--json"])).unwrap();
+    let changes = status["folders"][0]["local_changes"].as_array().unwrap().clone();
+    assert!(
+        changes.contains(&"doc.txt".into()) && changes.contains(&"b-only.txt".into()),
+        "{changes:?}"
+    );
+    b.ok(&["folder", "set-mode", "docs", "send-receive"]);
+    {
+        let _serve = a.serve();
+        b.sync_ok();
+    }
+    assert!(
+        wait_until(20, || fs::read(a.path("doc.txt")).unwrap() == b"edited on b"),
+        "held-back edit not sent"
+    );
+    assert!(wait_until(20, || a.path("b-only.txt").exists()));
+    assert!(wait_until(20, || a.tree() == b.tree()));
+}
