@@ -27,6 +27,8 @@ use crate::sync::{Inner, folder_in_sync, initial_scan, run_folder, session};
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a dial may take before it counts as failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Temp files untouched this long belong to abandoned transfers and are removed at start.
+const STALE_TEMP: Duration = Duration::from_secs(24 * 3600);
 /// Longest reconnect delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -123,6 +125,14 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
         tasks.spawn(dial_loop(inner.clone(), endpoint.clone(), peer.clone(), attempted.clone()));
     }
     for folder in &config.folders {
+        let stale =
+            crate::sync::writer::FolderFs::new(folder.path.clone()).clean_stale_temps(STALE_TEMP);
+        if stale > 0 {
+            tracing::info!(
+                "folder {}: removed {stale} temp files of transfers abandoned over a day ago",
+                folder.id
+            );
+        }
         let purged = crate::sync::writer::FolderFs::new(folder.path.clone())
             .purge_trash(config.device.trash_days);
         if purged > 0 {

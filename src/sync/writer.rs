@@ -234,6 +234,27 @@ impl FolderFs {
         Ok(kept)
     }
 
+    /// Removes tandem's temp files not touched for `max_age` (interrupted transfers whose
+    /// version was never resumed); younger ones stay to be resumed. Returns how many went.
+    pub fn clean_stale_temps(&self, max_age: Duration) -> usize {
+        let cutoff = std::time::SystemTime::now() - max_age;
+        let walker = walkdir::WalkDir::new(&self.root).follow_links(false).into_iter();
+        let mut removed = 0;
+        for entry in walker.filter_entry(|e| e.file_name() != STATE_DIR).flatten() {
+            let is_temp = entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX);
+            let stale =
+                entry.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| t < cutoff);
+            if is_temp
+                && entry.file_type().is_file()
+                && stale
+                && fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Removes trash entries older than `days` (by their ctime: when they were trashed).
     pub fn purge_trash(&self, days: u64) -> usize {
         let cutoff =

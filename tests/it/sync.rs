@@ -355,3 +355,17 @@ fn receive_only_holds_local_changes_back_until_the_folder_switches_to_send_recei
     assert!(wait_until(20, || a.path("b-only.txt").exists()));
     assert!(wait_until(20, || a.tree() == b.tree()));
 }
+
+#[test]
+fn stale_temp_files_are_removed_at_start_and_recent_ones_kept_for_resuming() {
+    let (a, _b) = pair();
+    let old = ".tandem-tmp-old.bin-0123456789abcdef";
+    let recent = "sub/.tandem-tmp-new.bin-0123456789abcdef";
+    a.write(old, b"abandoned two days ago");
+    a.write(recent, b"interrupted a minute ago");
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    fs::File::options().write(true).open(a.path(old)).unwrap().set_modified(two_days_ago).unwrap();
+    let _serve = a.serve();
+    assert!(wait_until(20, || !a.path(old).exists()), "stale temp file kept");
+    assert!(a.path(recent).exists(), "a resumable temp file was removed");
+}
