@@ -84,8 +84,8 @@ fn list(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<()> {
 
 /// Stops a daemon with SIGTERM (a clean shutdown), falling back to SIGKILL.
 fn stop(mut child: Child) {
-    let pid = child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let pid = rustix::process::Pid::from_child(&child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     for _ in 0..50 {
         if let Ok(Some(_)) = child.try_wait() {
             return;

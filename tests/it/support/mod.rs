@@ -178,8 +178,8 @@ impl Daemon {
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
     pub(crate) fn stop(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         self.child.wait().expect("wait")
     }
 
