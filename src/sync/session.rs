@@ -61,8 +61,18 @@ pub(crate) async fn run(
         Err(ProtocolError::Duplicate) => (CloseCode::Duplicate, "duplicate connection".to_string()),
         Err(e) => (CloseCode::ProtocolError, e.to_string()),
     };
+    let orderly = match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+            let code = close.error_code.into_inner();
+            code == u64::from(CloseCode::Shutdown.as_u32())
+                || code == u64::from(CloseCode::Duplicate.as_u32())
+        }
+        Some(quinn::ConnectionError::LocallyClosed) => true,
+        _ => false,
+    };
     match &result {
         Err(ProtocolError::Duplicate) | Ok(()) => tracing::debug!(%peer, "session ended: {reason}"),
+        Err(_) if orderly => tracing::info!(%peer, "{peer} disconnected"),
         Err(e) => tracing::warn!(%peer, "session with {peer} ended: {e}"),
     }
     conn.close(code.as_u32().into(), reason.as_bytes());
