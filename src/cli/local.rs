@@ -38,6 +38,13 @@ pub(super) fn scan(home: &Home, args: ScanArgs) -> anyhow::Result<()> {
         Some(id) => vec![config.folder(&super::setup::parse_folder_id(id)?)?],
         None => config.folders.iter().collect(),
     };
+    if let Some(daemon) = crate::daemon::status::read(home) {
+        eprintln!(
+            "tandem serve (pid {}) is running: its watcher rescans changed paths at once and everything every rescan_secs; nothing to do",
+            daemon.pid
+        );
+        return Ok(());
+    }
     let index = open_index(home)?;
     for folder in folders {
         let target = ScanTarget {
