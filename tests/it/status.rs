@@ -55,3 +55,19 @@ fn check_fails_with_one_line_per_problem_when_a_peer_lags() {
     assert!(folder["peers"][0]["completion"].as_f64().unwrap() < 100.0);
     assert_eq!(folder["need"]["files"], 0, "a itself needs nothing");
 }
+
+#[test]
+fn read_commands_work_next_to_a_running_daemon() {
+    let (a, b) = (Device::peer(), Device::peer());
+    a.trust(&b);
+    a.write("x.txt", b"x");
+    let _serve = a.serve();
+    let out = a.run(&["scan", "docs"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is running"));
+    assert!(a.live_paths().contains(&"x.txt".to_string()), "ls reads the index while serve runs");
+    assert!(wait_until(10, || status(&a)["daemon"] == true));
+    a.ok(&["log", "--json"]);
+    a.ok(&["explain", "docs", "x.txt"]);
+    a.ok(&["conflicts"]);
+}
