@@ -9,6 +9,7 @@ mod demo;
 mod explain;
 mod local;
 mod log;
+mod modes;
 mod resolve;
 mod setup;
 mod status;
@@ -67,6 +68,16 @@ pub enum Command {
     Resolve(resolve::ResolveArgs),
     /// Recent sync events: what changed, from which device, errors.
     Log(log::LogArgs),
+    /// Send-only: make the global state equal to this device's (peers take our versions).
+    Override {
+        /// The folder.
+        folder_id: String,
+    },
+    /// Receive-only: throw away local changes and restore the global state.
+    Revert {
+        /// The folder.
+        folder_id: String,
+    },
     /// List every conflict copy in every folder.
     Conflicts(JsonFlag),
     /// Two replicas in a temp dir, synced over loopback QUIC, a conflict made and listed.
@@ -98,6 +109,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::status(&home, args),
         Command::Conflicts(flag) => conflicts::conflicts(&home, flag.json),
         Command::Log(args) => log::log(&home, args),
+        Command::Override { folder_id } => modes::override_folder(&home, &folder_id),
+        Command::Revert { folder_id } => modes::revert(&home, &folder_id),
         Command::Resolve(args) => resolve::resolve(&home, args),
         Command::Explain { folder_id, path, json } => {
             explain::explain(&home, &folder_id, &path, json)

@@ -325,6 +325,22 @@ impl WriteBatch {
         Ok(local.record.sequence)
     }
 
+    /// Forgets a path entirely (no tombstone): for a receive-only local addition that is
+    /// reverted, which no peer ever saw.
+    pub fn remove_record(&mut self, folder: &str, path: &RelPath) -> Result<(), StoreError> {
+        let old = {
+            let files = self.txn.open_table(FILES).map_err(db_err)?;
+            let value = files.get((folder, path.as_str())).map_err(db_err)?;
+            value.map(|v| decode_entry(folder, path.as_str(), v.value())).transpose()?
+        };
+        if let Some(old) = old {
+            self.unlink(folder, &old.record)?;
+            let mut files = self.txn.open_table(FILES).map_err(db_err)?;
+            files.remove((folder, path.as_str())).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
     /// Stores a record as given, keeping its sequence number: for stat-only updates, where
     /// nothing a peer sees has changed.
     pub fn put_unchanged(&mut self, folder: &str, local: &LocalRecord) -> Result<(), StoreError> {

@@ -369,3 +369,63 @@ fn stale_temp_files_are_removed_at_start_and_recent_ones_kept_for_resuming() {
     assert!(wait_until(20, || !a.path(old).exists()), "stale temp file kept");
     assert!(a.path(recent).exists(), "a resumable temp file was removed");
 }
+
+#[test]
+fn revert_throws_receive_only_changes_away_and_restores_the_global_state() {
+    let (a, b) = pair();
+    a.write("doc.txt", b"from a");
+    {
+        let _serve = a.serve();
+        b.sync_ok();
+    }
+    b.ok(&["folder", "set-mode", "docs", "receive-only"]);
+    b.write("doc.txt", b"edited on b");
+    b.write("b-only.txt", b"new on b");
+    b.ok(&["scan", "docs"]);
+    let out = b.ok(&["revert", "docs"]);
+    assert!(out.contains("1 local changes") && out.contains("1 local additions"), "{out}");
+    {
+        let _serve = a.serve();
+        b.sync_ok();
+    }
+    assert_eq!(fs::read(b.path("doc.txt")).unwrap(), b"from a");
+    assert!(!b.path("b-only.txt").exists());
+    let kept = trash_contents(&b);
+    assert!(
+        kept.contains(&b"edited on b".to_vec()) && kept.contains(&b"new on b".to_vec()),
+        "reverted edits are kept in the trash"
+    );
+    let status: serde_json::Value = serde_json::from_str(&b.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["folders"][0]["local_changes"], serde_json::json!([]));
+    let err = a.fails(&["revert", "docs"], 1);
+    assert!(err.contains("receive-only"), "{err}");
+}
+
+#[test]
+fn override_makes_a_send_only_device_s_state_global() {
+    let (a, b) = pair();
+    a.write("doc.txt", b"the source of truth");
+    a.write("kept.txt", b"kept");
+    {
+        let _serve = a.serve();
+        b.sync_ok();
+    }
+    a.ok(&["folder", "set-mode", "docs", "send-only"]);
+    b.write("doc.txt", b"b changed it");
+    b.write("extra.txt", b"b added it");
+    {
+        let _serve = b.serve();
+        a.sync(15); // a receives b's index but, send-only, applies nothing
+    }
+    assert_eq!(fs::read(a.path("doc.txt")).unwrap(), b"the source of truth");
+    assert!(!a.path("extra.txt").exists());
+    let status: serde_json::Value = serde_json::from_str(&a.ok(&["status", "--json"])).unwrap();
+    assert!(status["folders"][0]["need"]["files"].as_u64().unwrap() >= 2, "{status:#}");
+    let out = a.ok(&["override", "docs"]);
+    assert!(out.contains("2 paths"), "{out}");
+    let _serve = a.serve();
+    b.sync_ok();
+    assert_eq!(fs::read(b.path("doc.txt")).unwrap(), b"the source of truth");
+    assert!(!b.path("extra.txt").exists(), "b's addition is undone");
+    assert!(wait_until(20, || a.tree() == b.tree()));
+}
