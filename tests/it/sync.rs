@@ -429,3 +429,31 @@ fn override_makes_a_send_only_device_s_state_global() {
     assert!(!b.path("extra.txt").exists(), "b's addition is undone");
     assert!(wait_until(20, || a.tree() == b.tree()));
 }
+
+#[test]
+fn migration_send_only_to_receive_only_then_both_send_receive_without_retransfer_or_conflicts() {
+    let (old, new) = pair();
+    old.ok(&["folder", "set-mode", "docs", "send-only"]);
+    new.ok(&["folder", "set-mode", "docs", "receive-only"]);
+    generated_tree(&old, 5);
+    {
+        let _serve = old.serve();
+        let load = new.sync_ok();
+        assert!(load.network > 3 << 20, "{load:?}");
+    }
+    assert_eq!(old.tree(), new.tree(), "initial load");
+    old.ok(&["folder", "set-mode", "docs", "send-receive"]);
+    new.ok(&["folder", "set-mode", "docs", "send-receive"]);
+    {
+        let _serve = old.serve();
+        let switched = new.sync_ok();
+        assert_eq!(switched.network, 0, "no re-transfer after the switch: {switched:?}");
+    }
+    assert_eq!(old.tree(), new.tree());
+    assert!(!new.tree().keys().any(|p| p.contains(".sync-conflict-")), "no spurious conflicts");
+    // and now it is ordinary two-way sync
+    new.write("written-on-new.txt", b"after the cut-over");
+    let _serve = old.serve();
+    new.sync_ok();
+    assert!(old.path("written-on-new.txt").exists());
+}
