@@ -99,22 +99,6 @@ async fn run(inner: Arc<Inner>, idx: usize, transfer: Transfer) -> (usize, Resul
     (idx, result)
 }
 
-/// The path a step is about.
-fn step_path(step: &Step) -> &RelPath {
-    match &step.action {
-        Action::RenameToConflict { from, .. } => from,
-        Action::Pull { record, .. }
-        | Action::CopyLocal { record, .. }
-        | Action::Rename { record, .. } => &record.path,
-        Action::MakeDir { path, .. }
-        | Action::KeepDir { path }
-        | Action::MakeSymlink { path, .. }
-        | Action::SetMetadata { path, .. }
-        | Action::Record { path }
-        | Action::Delete { path, .. } => path,
-    }
-}
-
 fn moves_or_removes(step: &Step) -> bool {
     matches!(
         step.action,
@@ -209,12 +193,7 @@ impl<'a> Executor<'a> {
             }
             Err(e) => {
                 tracing::warn!("folder {}: {e}", self.cfg.id);
-                self.events.push(self.event(
-                    step_path(step),
-                    EventKind::Error,
-                    None,
-                    e.to_string(),
-                ));
+                self.events.push(self.event(step.path(), EventKind::Error, None, e.to_string()));
             }
         }
     }

@@ -485,6 +485,14 @@ impl<'c, 'g> Builder<'c, 'g> {
     }
 }
 
+impl Step {
+    /// The path this step is about (the destination for moves, the source for a conflict
+    /// copy).
+    pub fn path(&self) -> &RelPath {
+        step_path(self)
+    }
+}
+
 /// The path an action is about (the destination for moves).
 pub(crate) fn step_path(step: &Step) -> &RelPath {
     match &step.action {
