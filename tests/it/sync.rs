@@ -457,3 +457,52 @@ fn migration_send_only_to_receive_only_then_both_send_receive_without_retransfer
     new.sync_ok();
     assert!(old.path("written-on-new.txt").exists());
 }
+
+#[test]
+fn ten_thousand_files_created_in_a_burst_are_all_picked_up() {
+    let (a, b) = pair();
+    let _daemons = [a.serve(), b.serve()];
+    for i in 0..10_000u32 {
+        a.write(&format!("burst/d{:02}/f{i:05}.txt", i % 50), format!("file {i}").as_bytes());
+    }
+    let arrived = wait_until(180, || {
+        (0..50)
+            .map(|d| fs::read_dir(b.path(&format!("burst/d{d:02}"))).map_or(0, |r| r.count()))
+            .sum::<usize>()
+            == 10_000
+    });
+    assert!(arrived, "not every file arrived");
+    assert!(wait_until(60, || a.tree() == b.tree()));
+}
+
+#[test]
+fn a_git_checkout_of_another_branch_converges() {
+    let (a, b) = pair();
+    let git = |args: &[&str]| {
+        let out =
+            std::process::Command::new("git").args(args).current_dir(a.folder()).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["config", "user.email", "t@example.invalid"]);
+    git(&["config", "user.name", "t"]);
+    for i in 0..200 {
+        a.write(&format!("src/m{i}.rs"), format!("// main {i}\n").as_bytes());
+    }
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "main"]);
+    git(&["checkout", "-q", "-b", "feature"]);
+    for i in 0..100 {
+        a.write(&format!("src/m{i}.rs"), format!("// feature {i}\n").as_bytes());
+        fs::remove_file(a.path(&format!("src/m{}.rs", 100 + i))).unwrap();
+        a.write(&format!("feature/f{i}.rs"), b"// new\n");
+    }
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "feature"]);
+    let _daemons = [a.serve(), b.serve()];
+    assert!(wait_until(60, || a.tree() == b.tree()), "feature branch did not converge");
+    git(&["checkout", "-q", "main"]);
+    let converged = wait_until(60, || a.tree() == b.tree() && !b.path("feature").exists());
+    assert!(converged, "checkout of main did not converge");
+    assert_eq!(fs::read(b.path("src/m0.rs")).unwrap(), b"// main 0\n");
+}
