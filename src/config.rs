@@ -79,7 +79,7 @@ fn default_trash_days() -> u64 {
 }
 
 fn default_rescan_secs() -> u64 {
-    10
+    3600
 }
 
 /// A trusted peer.

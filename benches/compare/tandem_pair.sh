@@ -35,7 +35,7 @@ td init --name dst --listen "127.0.0.1:$PB" >/dev/null 2>&1
 IS=$(ts id); ID=$(td id)
 ts peer add "$ID" --addr "127.0.0.1:$PB" 2>/dev/null; td peer add "$IS" --addr "127.0.0.1:$PA" 2>/dev/null
 ts folder add bench "$SRC" --share "$ID" 2>/dev/null; td folder add bench "$DST" --share "$IS" 2>/dev/null
-sed -i 's/rescan_secs = 10/rescan_secs = 1/' "$WORK/src/config.toml"
+sed -i 's/rescan_secs = 3600/rescan_secs = 1/' "$WORK/src/config.toml"
 
 start_src() {
   "$TANDEM" --home "$WORK/src" serve --log-level warn 2>>"$WORK/src.log" &

@@ -203,7 +203,7 @@ impl Device {
         device.ok(&["init", "--name", "test", "--listen", &listen]);
         let config = device.home().join("config.toml");
         let text = std::fs::read_to_string(&config).expect("config");
-        std::fs::write(&config, text.replace("rescan_secs = 10", "rescan_secs = 1"))
+        std::fs::write(&config, text.replace("rescan_secs = 3600", "rescan_secs = 1"))
             .expect("config");
         std::fs::create_dir(device.folder()).expect("mkdir docs");
         device.ok(&["folder", "add", "docs", device.folder().to_str().expect("utf-8")]);
