@@ -22,6 +22,9 @@ pub use records::{Event, EventKind, FolderMeta, LocalRecord, PeerMeta, RecordErr
 pub use stat::StatKey;
 use tables::{CHUNKS, EVENTS, FILES, FOLDER_MODES, FOLDERS, PEER_FILES, PEER_META, SEQUENCES};
 
+/// redb page cache per open index.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// Events kept in the log; older ones are dropped as new ones arrive.
 pub const MAX_EVENTS: u64 = 10_000;
 
@@ -81,6 +84,9 @@ enum Db {
 fn builder() -> Builder {
     let mut builder = Builder::new();
     builder.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    // the index lives on disk: a bounded page cache keeps a daemon with millions of files
+    // small (redb's default would grow to a gigabyte)
+    builder.set_cache_size(CACHE_BYTES);
     builder
 }
 
