@@ -506,3 +506,18 @@ fn a_git_checkout_of_another_branch_converges() {
     assert!(converged, "checkout of main did not converge");
     assert_eq!(fs::read(b.path("src/m0.rs")).unwrap(), b"// main 0\n");
 }
+
+#[test]
+fn sync_with_no_reachable_peer_fails_with_a_clear_error() {
+    let (a, b) = pair();
+    drop(a); // its home and port are gone: nothing answers
+    let started = std::time::Instant::now();
+    let (ok, stderr) = b.sync(60);
+    assert!(!ok);
+    assert!(stderr.contains("no configured peer is reachable"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(40),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+}
