@@ -267,13 +267,7 @@ impl Index {
     pub fn peer_meta(&self, folder: &str, peer: &str) -> Result<PeerMeta, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(PEER_META).map_err(db_err)?;
-        let value = table.get((folder, peer)).map_err(db_err)?;
-        let decoded = value.map(|v| records::decode_peer_meta(v.value())).transpose();
-        decoded.map(Option::unwrap_or_default).map_err(|source| StoreError::Corrupt {
-            folder: folder.into(),
-            key: peer.into(),
-            source,
-        })
+        read_peer_meta(&table, folder, peer)
     }
 
     /// The folder's metadata, created (with a fresh index id) if it does not exist yet.
@@ -304,6 +298,21 @@ fn decode_entry(folder: &str, path: &str, bytes: &[u8]) -> Result<LocalRecord, S
         corrupt(RecordError::Codec(tandem_proto::codec::CodecError::Malformed(e.to_string())))
     })?;
     records::decode_file(rel, bytes).map_err(corrupt)
+}
+
+/// Reads a peer's metadata from an open PEER_META table (read or write transaction).
+fn read_peer_meta(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    folder: &str,
+    peer: &str,
+) -> Result<PeerMeta, StoreError> {
+    let value = table.get((folder, peer)).map_err(db_err)?;
+    let decoded = value.map(|v| records::decode_peer_meta(v.value())).transpose();
+    decoded.map(Option::unwrap_or_default).map_err(|source| StoreError::Corrupt {
+        folder: folder.into(),
+        key: peer.into(),
+        source,
+    })
 }
 
 fn decode_meta_entry(folder: &str, bytes: &[u8]) -> Result<FolderMeta, StoreError> {
@@ -389,13 +398,7 @@ impl WriteBatch {
 
     fn peer_meta(&self, folder: &str, peer: &str) -> Result<PeerMeta, StoreError> {
         let table = self.txn.open_table(PEER_META).map_err(db_err)?;
-        let value = table.get((folder, peer)).map_err(db_err)?;
-        let decoded = value.map(|v| records::decode_peer_meta(v.value())).transpose();
-        decoded.map(Option::unwrap_or_default).map_err(|source| StoreError::Corrupt {
-            folder: folder.into(),
-            key: peer.into(),
-            source,
-        })
+        read_peer_meta(&table, folder, peer)
     }
 
     /// Remembers the mode a folder runs in.
@@ -408,23 +411,27 @@ impl WriteBatch {
     /// Gives every record of `folder` a new sequence number, so the next index exchange
     /// sends all of them (peers ignore versions they already have).
     pub fn resequence(&mut self, folder: &str) -> Result<usize, StoreError> {
-        let mut records = Vec::new();
-        {
-            let files = self.txn.open_table(FILES).map_err(db_err)?;
-            for entry in files.range((folder, "")..).map_err(db_err)? {
-                let (key, value) = entry.map_err(db_err)?;
-                let (entry_folder, path) = key.value();
-                if entry_folder != folder {
-                    break;
-                }
-                records.push(decode_entry(folder, path, value.value())?);
-            }
-        }
+        let records = self.folder_records(folder)?;
         let count = records.len();
         for local in records {
             self.put_change(folder, local)?;
         }
         Ok(count)
+    }
+
+    /// Every record of `folder`, as this transaction sees it.
+    fn folder_records(&self, folder: &str) -> Result<Vec<LocalRecord>, StoreError> {
+        let files = self.txn.open_table(FILES).map_err(db_err)?;
+        let mut records = Vec::new();
+        for entry in files.range((folder, "")..).map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            let (entry_folder, path) = key.value();
+            if entry_folder != folder {
+                break;
+            }
+            records.push(decode_entry(folder, path, value.value())?);
+        }
+        Ok(records)
     }
 
     /// Appends an event to the log (dropping the oldest past [`MAX_EVENTS`]).
@@ -441,18 +448,7 @@ impl WriteBatch {
 
     /// Removes every trace of a folder.
     pub fn remove_folder(&mut self, folder: &str) -> Result<(), StoreError> {
-        let mut records = Vec::new();
-        {
-            let files = self.txn.open_table(FILES).map_err(db_err)?;
-            for entry in files.range((folder, "")..).map_err(db_err)? {
-                let (key, value) = entry.map_err(db_err)?;
-                let (entry_folder, path) = key.value();
-                if entry_folder != folder {
-                    break;
-                }
-                records.push(decode_entry(folder, path, value.value())?);
-            }
-        }
+        let records = self.folder_records(folder)?;
         for local in &records {
             self.unlink(folder, &local.record)?;
             let mut files = self.txn.open_table(FILES).map_err(db_err)?;

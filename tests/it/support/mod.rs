@@ -300,9 +300,12 @@ pub(crate) fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
+    // Daemons may be changing the tree while it is read: whatever vanishes meanwhile is
+    // left out (callers poll until two replicas agree).
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read_dir") {
-            let entry = entry.expect("entry");
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries {
+            let Ok(entry) = entry else { continue };
             let path = entry.path();
             let rel = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
             if rel.starts_with(".tandem")
@@ -310,14 +313,20 @@ pub(crate) fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
             {
                 continue;
             }
-            let meta = std::fs::symlink_metadata(&path).expect("lstat");
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
             let value = if meta.file_type().is_symlink() {
-                format!("link {}", std::fs::read_link(&path).expect("readlink").display())
+                let target = std::fs::read_link(&path).unwrap_or_default();
+                format!("link {}", target.display())
             } else if meta.is_dir() {
                 stack.push(path.clone());
                 format!("dir {:o}", meta.permissions().mode() & 0o7777)
             } else {
-                format!("file {:o} {}", meta.permissions().mode() & 0o7777, b3sum(&path))
+                let Ok(data) = std::fs::read(&path) else { continue };
+                format!(
+                    "file {:o} {}",
+                    meta.permissions().mode() & 0o7777,
+                    blake3::hash(&data).to_hex()
+                )
             };
             out.insert(rel, value);
         }
