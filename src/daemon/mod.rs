@@ -314,12 +314,17 @@ async fn wait_in_sync(
         }
         let patient = started.elapsed() >= MIN_PATIENCE;
         let settled = |n: &u32| *n == u32::MAX || (*n >= UNREACHABLE_AFTER && patient);
-        let all_attempted = attempted
-            .lock()
-            .map(|m| config.peers.iter().all(|p| m.get(&p.id).is_some_and(settled)))
-            .unwrap_or(false);
         let reached: Vec<_> =
             inner.reached().into_iter().map(|(id, s)| (id, s.shared, s.received_index)).collect();
+        // a peer is settled once a session with it exists (whoever dialed), or once it
+        // failed to answer often enough
+        let was_reached = |id: &DeviceId| reached.iter().any(|(r, ..)| r == id);
+        let all_attempted = attempted
+            .lock()
+            .map(|m| {
+                config.peers.iter().all(|p| was_reached(&p.id) || m.get(&p.id).is_some_and(settled))
+            })
+            .unwrap_or(false);
         let status = in_sync_status(inner, config, &reached);
         match status {
             Ok(()) if all_attempted && !reached.is_empty() => return Ok(()),

@@ -521,3 +521,22 @@ fn sync_with_no_reachable_peer_fails_with_a_clear_error() {
         started.elapsed()
     );
 }
+
+#[test]
+fn sync_completes_over_a_connection_the_peer_dialed() {
+    // b cannot reach a (wrong address), but a reaches b: the session a opens is enough
+    let (a, b) = (Device::peer(), Device::peer());
+    a.trust(&b);
+    b.ok(&[
+        "peer",
+        "add",
+        &a.id(),
+        "--addr",
+        &format!("127.0.0.1:{}", crate::support::free_port()),
+    ]);
+    b.ok(&["folder", "share", "docs", &a.id()]);
+    a.write("from-a.txt", b"dialed in");
+    let _serve = a.serve();
+    b.sync_ok();
+    assert_eq!(fs::read(b.path("from-a.txt")).unwrap(), b"dialed in");
+}
