@@ -38,11 +38,9 @@ pub(super) fn scan(home: &Home, args: ScanArgs) -> anyhow::Result<()> {
         Some(id) => vec![config.folder(&super::setup::parse_folder_id(id)?)?],
         None => config.folders.iter().collect(),
     };
-    if let Some(daemon) = crate::daemon::status::read(home) {
-        eprintln!(
-            "tandem serve (pid {}) is running: its watcher rescans changed paths at once and everything every rescan_secs; nothing to do",
-            daemon.pid
-        );
+    let request = crate::daemon::control::Request::Scan { folder: args.folder_id.clone() };
+    if let Some(message) = super::tell_daemon(home, &request, Duration::from_secs(660))? {
+        println!("{message}");
         return Ok(());
     }
     let index = open_index(home)?;

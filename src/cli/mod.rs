@@ -130,6 +130,45 @@ fn resolve_home(flag: Option<PathBuf>) -> anyhow::Result<Home> {
     Ok(Home::new(&dir)?)
 }
 
+/// Sends `request` to the daemon running for `home`; `None` when none runs.
+fn ask_daemon(
+    home: &Home,
+    request: &crate::daemon::control::Request,
+    timeout: std::time::Duration,
+) -> anyhow::Result<Option<crate::daemon::control::Reply>> {
+    Ok(crate::daemon::control::request(home, request, timeout)?)
+}
+
+/// Sends a command to the running daemon and returns its message; `None` when no daemon
+/// runs. A refusal is an error.
+fn tell_daemon(
+    home: &Home,
+    request: &crate::daemon::control::Request,
+    timeout: std::time::Duration,
+) -> anyhow::Result<Option<String>> {
+    use crate::daemon::control::Reply;
+    match ask_daemon(home, request, timeout)? {
+        None => Ok(None),
+        Some(Reply::Done { message }) => Ok(Some(message)),
+        Some(Reply::Failed { error }) => anyhow::bail!("the daemon refused: {error}"),
+        Some(Reply::Status(_)) => anyhow::bail!("the daemon answered with a status"),
+    }
+}
+
+/// After a configuration change: a running daemon applies it now.
+fn apply_config(home: &Home) -> anyhow::Result<()> {
+    let request = crate::daemon::control::Request::Reload;
+    match tell_daemon(home, &request, std::time::Duration::from_secs(120))? {
+        Some(message) => {
+            for line in message.lines() {
+                eprintln!("daemon: {line}");
+            }
+        }
+        None => eprintln!("(no daemon running: the change applies when `serve` or `sync` starts)"),
+    }
+    Ok(())
+}
+
 /// Prints a value as pretty JSON on stdout.
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

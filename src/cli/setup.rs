@@ -130,12 +130,14 @@ pub(super) fn peer(home: &Home, cmd: PeerCommand) -> anyhow::Result<()> {
             config.add_peer(PeerConfig { id: device_id, addr, name }, own)?;
             config.save(home)?;
             eprintln!("trusted {device_id}");
+            super::apply_config(home)?;
         }
         PeerCommand::Remove { device_id } => {
             let device_id = device(&device_id)?;
             config.remove_peer(&device_id)?;
             config.save(home)?;
             eprintln!("removed {device_id}");
+            super::apply_config(home)?;
         }
         PeerCommand::List(flag) => {
             let rows: Vec<PeerJson<'_>> = config
@@ -181,20 +183,30 @@ pub(super) fn folder(home: &Home, cmd: FolderCommand) -> anyhow::Result<()> {
                 "added folder {folder_id} ({mode}) at {}",
                 config.folder(&folder_id)?.path.display()
             );
+            super::apply_config(home)?;
         }
         FolderCommand::Share { folder_id, device_id } => {
             let (folder_id, device_id) = (parse_folder_id(&folder_id)?, device(&device_id)?);
             config.share_folder(&folder_id, device_id)?;
             config.save(home)?;
+            super::apply_config(home)?;
         }
         FolderCommand::SetMode { folder_id, mode } => {
             let folder_id = parse_folder_id(&folder_id)?;
             config.set_mode(&folder_id, mode)?;
             config.save(home)?;
+            super::apply_config(home)?;
         }
         FolderCommand::Remove { folder_id } => {
             let folder_id = parse_folder_id(&folder_id)?;
             config.remove_folder(&folder_id)?;
+            let daemon = crate::daemon::control::socket_path(home);
+            if crate::daemon::control::answers(&daemon) {
+                // the daemon owns the index: it forgets the folder when it reloads
+                config.save(home)?;
+                eprintln!("removed folder {folder_id} (its files are untouched)");
+                return super::apply_config(home);
+            }
             if home.index_path().exists() {
                 let index = Index::open(&home.index_path()).context("opening the index")?;
                 let mut batch = index.write()?;

@@ -1,7 +1,8 @@
-//! `tandem status [--json] [--check]`: per folder, the local and global totals, what this
-//! device still needs, local changes, per-peer completion, and the runner's state. Works
-//! with or without a daemon: the index is read read-only, and a running daemon's
-//! `daemon.json` adds connectivity and runner state.
+//! `tandem status [--json] [--check [--max-lag SECS]]`: per folder, the local and global
+//! totals, what this device still needs, local changes, per-peer completion, per-file
+//! errors, warnings and the runner's state. Works with or without a daemon: the index is
+//! read read-only, and a running daemon adds, through the control socket, connectivity,
+//! runner state, per-file problems and when each folder was last in sync.
 
 use anyhow::bail;
 use clap::Args;
@@ -12,7 +13,8 @@ use tandem_proto::rules::{GlobalState, Need, Records, need};
 use crate::cli::local::{human_bytes, read_index};
 use crate::cli::print_json;
 use crate::config::{Config, FolderConfig};
-use crate::daemon::status::{self as daemon_status, DaemonStatus};
+use crate::daemon::control::{Reply, Request};
+use crate::daemon::status::DaemonStatus;
 use crate::home::Home;
 use crate::identity::Identity;
 use crate::store::Index;
@@ -26,6 +28,10 @@ pub struct StatusArgs {
     /// Exit 1, with one line per problem, unless every folder is in sync with every peer.
     #[arg(long)]
     check: bool,
+    /// With --check: a folder that was in sync within this many seconds passes (its
+    /// lag is not a problem yet); per-file errors always count.
+    #[arg(long, value_name = "SECS", requires = "check")]
+    max_lag: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -47,6 +53,12 @@ struct FolderJson {
     errors: Vec<ErrorJson>,
     local_changes: Vec<String>,
     peers: Vec<PeerJson>,
+    /// Conditions that do not stop syncing (a failed watch, lost notifications).
+    warnings: Vec<String>,
+    /// When the folder was last in sync with every peer (RFC 3339), if known.
+    synced_at: Option<String>,
+    #[serde(skip)]
+    synced_secs: Option<u64>,
 }
 
 #[derive(Serialize, Default)]
@@ -66,6 +78,12 @@ struct NeedJson {
 struct ErrorJson {
     path: String,
     error: String,
+    /// When it was first seen (RFC 3339); absent for the folder-wide error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+    /// Attempts so far (it is retried with backoff).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -73,12 +91,20 @@ struct PeerJson {
     device_id: String,
     connected: bool,
     completion: f64,
+    /// Connected since, or last seen (RFC 3339), as far as the running daemon knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
 }
 
 pub(super) fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
     let config = Config::load(home)?;
     let device = Identity::load(home)?.device_id();
-    let daemon = daemon_status::read(home);
+    let daemon =
+        match super::ask_daemon(home, &Request::Status, std::time::Duration::from_secs(10))? {
+            Some(Reply::Status(status)) => Some(status),
+            Some(other) => bail!("the daemon answered {other:?} to a status request"),
+            None => None,
+        };
     let index = if home.index_path().exists() { Some(read_index(home)?) } else { None };
     let mut folders = Vec::new();
     for folder in &config.folders {
@@ -86,7 +112,7 @@ pub(super) fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
     }
     let report = StatusJson { device_id: device.to_string(), daemon: daemon.is_some(), folders };
     if args.check {
-        return check(&report);
+        return check(&report, args.max_lag);
     }
     if args.json {
         return print_json(&report);
@@ -119,10 +145,24 @@ fn folder_status(
     let global = GlobalState::build(cfg.mode, &local, &peer_refs);
     let (need_totals, local_changes) = needs(cfg, &local, &global);
     let runner = daemon.and_then(|d| d.folders.iter().find(|f| f.id == folder));
-    let errors = runner
+    let mut errors: Vec<ErrorJson> = runner
         .and_then(|r| r.error.clone())
-        .map(|error| vec![ErrorJson { path: String::new(), error }])
-        .unwrap_or_default();
+        .map(|error| ErrorJson { path: String::new(), error, since: None, attempts: None })
+        .into_iter()
+        .collect();
+    for p in runner.map(|r| r.problems.as_slice()).unwrap_or_default() {
+        errors.push(ErrorJson {
+            path: p.path.clone(),
+            error: p.error.clone(),
+            since: Some(secs_rfc3339(p.since)),
+            attempts: Some(p.attempts),
+        });
+    }
+    let synced_secs = match (runner, index) {
+        (Some(r), _) => r.synced_at,
+        (None, Some(index)) => index.synced_at(folder)?,
+        (None, None) => None,
+    };
     Ok(FolderJson {
         id: cfg.id.to_string(),
         path: cfg.path.display().to_string(),
@@ -132,13 +172,21 @@ fn folder_status(
         global: totals(global.iter().map(|r| r.record.as_ref())),
         need: need_totals,
         errors,
+        warnings: runner.map(|r| r.warnings.clone()).unwrap_or_default(),
+        synced_at: synced_secs.map(secs_rfc3339),
+        synced_secs,
         local_changes,
         peers: peers
             .iter()
-            .map(|(id, records)| PeerJson {
-                device_id: id.to_string(),
-                connected: daemon.is_some_and(|d| d.connected.contains(&id.to_string())),
-                completion: completion(records, &global),
+            .map(|(id, records)| {
+                let link =
+                    daemon.and_then(|d| d.peers.iter().find(|p| p.device_id == id.to_string()));
+                PeerJson {
+                    device_id: id.to_string(),
+                    connected: link.is_some_and(|p| p.connected),
+                    completion: completion(records, &global),
+                    since: link.filter(|p| p.since > 0).map(|p| secs_rfc3339(p.since)),
+                }
             })
             .collect(),
     })
@@ -207,31 +255,71 @@ fn completion(records: &Records, global: &GlobalState<'_>) -> f64 {
     (ratio * 1000.0).round() / 10.0
 }
 
-fn check(report: &StatusJson) -> anyhow::Result<()> {
+fn secs_rfc3339(secs: u64) -> String {
+    crate::cli::local::rfc3339(
+        i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1_000_000_000),
+    )
+}
+
+fn check(report: &StatusJson, max_lag: Option<u64>) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut problems = Vec::new();
     for f in &report.folders {
+        // lagging (not connected, needs, peers behind) is forgiven within --max-lag
+        let recent = max_lag
+            .is_some_and(|lag| f.synced_secs.is_some_and(|at| now.saturating_sub(at) <= lag));
+        let mut lag = Vec::new();
         if f.need.files > 0 {
-            problems.push(format!(
+            lag.push(format!(
                 "folder {}: needs {} files ({})",
                 f.id,
                 f.need.files,
                 human_bytes(f.need.bytes)
             ));
         }
-        for e in &f.errors {
-            problems.push(format!("folder {}: error: {}", f.id, e.error));
-        }
         for p in &f.peers {
             if report.daemon && !p.connected {
-                problems.push(format!("folder {}: peer {} is not connected", f.id, p.device_id));
+                let since = match &p.since {
+                    Some(at) => format!("last seen {at}"),
+                    None => "not seen since the daemon started".to_string(),
+                };
+                lag.push(format!(
+                    "folder {}: peer {} is not connected ({since})",
+                    f.id, p.device_id
+                ));
             }
             if p.completion < 100.0 {
-                problems.push(format!(
+                lag.push(format!(
                     "folder {}: peer {} is at {:.1}%",
                     f.id, p.device_id, p.completion
                 ));
             }
         }
+        if !recent {
+            if !lag.is_empty() && max_lag.is_some() {
+                let last = f.synced_at.as_deref().unwrap_or("never");
+                lag.push(format!("folder {}: last in sync {last}", f.id));
+            }
+            problems.extend(lag);
+        }
+        for e in &f.errors {
+            if e.path.is_empty() {
+                problems.push(format!("folder {}: error: {}", f.id, e.error));
+            } else {
+                problems.push(format!("folder {}: {}: {}", f.id, e.path, e.error));
+            }
+        }
+    }
+    for f in &report.folders {
+        for w in &f.warnings {
+            eprintln!("tandem: warning: folder {}: {w}", f.id);
+        }
+    }
+    if !report.daemon {
+        eprintln!("(no daemon running: judged from the index as of the last sync)");
     }
     if problems.is_empty() {
         println!("in sync");
@@ -262,7 +350,17 @@ fn print_human(report: &StatusJson) {
             println!("  local change (not sent): {c}");
         }
         for e in &f.errors {
-            println!("  error: {}", e.error);
+            match (e.path.as_str(), &e.attempts) {
+                ("", _) => println!("  error: {}", e.error),
+                (path, Some(n)) => println!("  error: {path}: {} ({n} attempts)", e.error),
+                (path, None) => println!("  error: {path}: {}", e.error),
+            }
+        }
+        for w in &f.warnings {
+            println!("  warning: {w}");
+        }
+        if let Some(at) = &f.synced_at {
+            println!("  last in sync with every peer: {at}");
         }
     }
 }

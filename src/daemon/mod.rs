@@ -3,6 +3,8 @@
 //! index, binds the endpoint, dials peers with backoff, accepts connections, and runs one
 //! runner per folder.
 
+pub mod control;
+mod reload;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -12,10 +14,11 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tandem_proto::model::{DeviceId, FolderMode};
+use tandem_proto::model::{DeviceId, FolderId, FolderMode};
 use tandem_proto::wire::CloseCode;
 
-use crate::config::{Config, ConfigError, PeerConfig};
+use crate::config::{Config, ConfigError, FolderConfig, PeerConfig};
+use crate::daemon::control::Reply;
 use crate::home::Home;
 use crate::identity::{Identity, IdentityError};
 use crate::net::tls::TrustedPeers;
@@ -103,8 +106,12 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
         .parse()
         .map_err(|_| DaemonError::Listen(config.device.listen.clone()))?;
     let trusted = TrustedPeers::new(config.peers.iter().map(|p| p.id));
-    let endpoint =
-        Arc::new(Endpoint::bind(listen, identity.cert_der()?, identity.key_der(), trusted)?);
+    let endpoint = Arc::new(Endpoint::bind(
+        listen,
+        identity.cert_der()?,
+        identity.key_der(),
+        trusted.clone(),
+    )?);
     let rescan = Duration::from_secs(config.device.rescan_secs.max(1));
     let inner = Arc::new(Inner::new(index, identity.device_id(), home.clone(), config.clone()));
     for folder in &config.folders {
@@ -113,38 +120,38 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
             tracing::warn!("folder {}: {e}", folder.id);
         }
     }
+    let attempted: Attempts = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let sup = Arc::new(Supervisor {
+        inner: inner.clone(),
+        endpoint: endpoint.clone(),
+        trusted,
+        rescan,
+        attempted: attempted.clone(),
+        tasks: std::sync::Mutex::new(Tasks::default()),
+        reloading: tokio::sync::Mutex::new(()),
+    });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(accept_loop(inner.clone(), endpoint.clone()));
+    match control::bind(home) {
+        Ok(listener) => {
+            tasks.spawn(control_loop(sup.clone(), listener));
+        }
+        Err(e) => tracing::warn!(
+            "no control socket at {}: {e} (commands will not reach this daemon)",
+            control::socket_path(home).display()
+        ),
+    }
     tracing::info!(
         "device {} listening on {}",
         identity.device_id(),
         endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
-    let attempted: Attempts = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     for peer in &config.peers {
-        tasks.spawn(dial_loop(inner.clone(), endpoint.clone(), peer.clone(), attempted.clone()));
+        sup.start_dialer(peer.clone());
     }
     for folder in &config.folders {
-        let stale =
-            crate::sync::writer::FolderFs::new(folder.path.clone()).clean_stale_temps(STALE_TEMP);
-        if stale > 0 {
-            tracing::info!(
-                "folder {}: removed {stale} temp files of transfers abandoned over a day ago",
-                folder.id
-            );
-        }
-        let purged = crate::sync::writer::FolderFs::new(folder.path.clone())
-            .purge_trash(config.device.trash_days);
-        if purged > 0 {
-            tracing::info!(
-                "folder {}: removed {purged} files older than {} days from the trash",
-                folder.id,
-                config.device.trash_days
-            );
-        }
-        tasks.spawn(run_folder(inner.clone(), folder.id.clone(), rescan));
+        sup.start_runner(folder.clone(), false);
     }
-    tasks.spawn(report_status(home.clone(), inner.clone()));
     let result = match mode {
         Mode::Serve => {
             wait_for_signal().await;
@@ -159,9 +166,16 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
             result
         }
     };
+    control::remove(home);
     endpoint.close(CloseCode::Shutdown.as_u32(), "shutdown");
+    sup.stop_all();
     tasks.abort_all();
-    status::remove(home);
+    if let (Mode::Once { .. }, Ok(())) = (mode, &result) {
+        mark_synced(&inner);
+    }
+    for folder in &inner.config().folders {
+        crate::sync::persist_synced_at(&inner, &folder.id);
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
     let stats = &inner.stats;
@@ -173,9 +187,108 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
     })
 }
 
+/// A one-shot `sync` that succeeded: every folder was in sync with every reachable peer now.
+fn mark_synced(inner: &Inner) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let result = inner.index.write().and_then(|mut batch| {
+        for folder in &inner.config().folders {
+            batch.set_synced_at(folder.id.as_str(), now)?;
+        }
+        batch.commit()
+    });
+    if let Err(e) = result {
+        tracing::warn!("recording the sync time: {e}");
+    }
+}
+
+/// The tasks a running daemon can start and stop as its configuration changes.
+#[derive(Default)]
+struct Tasks {
+    /// Per peer: the address dialed and the dial loop.
+    dialers: BTreeMap<DeviceId, (String, tokio::task::JoinHandle<()>)>,
+    /// Per folder: its runner.
+    runners: BTreeMap<FolderId, tokio::task::JoinHandle<()>>,
+}
+
+/// Owns the daemon's long-running tasks and applies configuration changes to them.
+struct Supervisor {
+    inner: Arc<Inner>,
+    endpoint: Arc<Endpoint>,
+    trusted: TrustedPeers,
+    rescan: Duration,
+    attempted: Attempts,
+    tasks: std::sync::Mutex<Tasks>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Supervisor {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Tasks> {
+        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn start_dialer(&self, peer: PeerConfig) {
+        let task = tokio::spawn(dial_loop(
+            self.inner.clone(),
+            self.endpoint.clone(),
+            peer.clone(),
+            self.attempted.clone(),
+        ));
+        if let Some((_, old)) = self.tasks().dialers.insert(peer.id, (peer.addr, task)) {
+            old.abort();
+        }
+    }
+
+    fn stop_dialer(&self, peer: &DeviceId) {
+        if let Some((_, task)) = self.tasks().dialers.remove(peer) {
+            task.abort();
+        }
+    }
+
+    /// Starts the runner of `folder`; a folder added to a running daemon is scanned first,
+    /// then the peers it is shared with reconnect to learn of it.
+    fn start_runner(&self, folder: FolderConfig, added: bool) {
+        let (inner, rescan, id) = (self.inner.clone(), self.rescan, folder.id.clone());
+        let task = tokio::spawn(async move {
+            if added {
+                announce_after_receive_only(&inner.index, &folder);
+                if let Err(e) = initial_scan(&inner, &folder.id).await {
+                    tracing::warn!("folder {}: {e}", folder.id);
+                }
+                for peer in &folder.share {
+                    inner.drop_connection(peer, "configuration changed");
+                }
+            }
+            tidy_folder(&inner, &folder);
+            run_folder(inner, folder.id, rescan).await;
+        });
+        if let Some(old) = self.tasks().runners.insert(id, task) {
+            old.abort();
+        }
+    }
+
+    fn stop_runner(&self, folder: &FolderId) {
+        if let Some(task) = self.tasks().runners.remove(folder) {
+            task.abort();
+        }
+    }
+
+    fn stop_all(&self) {
+        let mut tasks = self.tasks();
+        for (_, (_, task)) in std::mem::take(&mut tasks.dialers) {
+            task.abort();
+        }
+        for (_, task) in std::mem::take(&mut tasks.runners) {
+            task.abort();
+        }
+    }
+}
 /// A folder that ran receive-only held its local changes back; now that it runs in another
 /// mode they must be announced, so every record gets a fresh sequence number (resent).
-fn announce_after_receive_only(index: &Index, folder: &crate::config::FolderConfig) {
+fn announce_after_receive_only(index: &Index, folder: &FolderConfig) {
     let id = folder.id.as_str();
     let result = (|| -> Result<(), StoreError> {
         let before = index.remembered_mode(id)?;
@@ -194,12 +307,46 @@ fn announce_after_receive_only(index: &Index, folder: &crate::config::FolderConf
     }
 }
 
-/// Rewrites `daemon.json` every second.
-async fn report_status(home: Home, inner: Arc<Inner>) {
+/// At a runner's start: temp files of transfers abandoned long ago go, and so do trash
+/// entries past their retention.
+fn tidy_folder(inner: &Inner, folder: &FolderConfig) {
+    let fs = crate::sync::writer::FolderFs::new(folder.path.clone());
+    let stale = fs.clean_stale_temps(STALE_TEMP);
+    if stale > 0 {
+        tracing::info!(
+            "folder {}: removed {stale} temp files of transfers abandoned over a day ago",
+            folder.id
+        );
+    }
+    let days = inner.config().device.trash_days;
+    let purged = fs.purge_trash(days);
+    if purged > 0 {
+        tracing::info!(
+            "folder {}: removed {purged} files older than {days} days from the trash",
+            folder.id
+        );
+    }
+}
+
+/// Answers the control socket: one request and one reply per connection.
+async fn control_loop(sup: Arc<Supervisor>, listener: tokio::net::UnixListener) {
     loop {
-        let (home2, inner2) = (home.clone(), inner.clone());
-        let _ = tokio::task::spawn_blocking(move || status::write(&home2, &inner2)).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("control socket: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let sup = sup.clone();
+        tokio::spawn(async move {
+            let reply = match control::read_request(&mut stream).await {
+                Ok(request) => sup.handle(request).await,
+                Err(error) => Reply::Failed { error },
+            };
+            control::write_reply(&mut stream, &reply).await;
+        });
     }
 }
 
@@ -368,11 +515,7 @@ fn progress_message(inner: &Inner, config: &Config) -> String {
 fn in_sync_status(
     inner: &Inner,
     config: &Config,
-    connected: &[(
-        DeviceId,
-        Vec<tandem_proto::model::FolderId>,
-        Vec<tandem_proto::model::FolderId>,
-    )],
+    connected: &[(DeviceId, Vec<FolderId>, Vec<FolderId>)],
 ) -> Result<(), String> {
     for folder in &config.folders {
         match folder_in_sync(inner, &folder.id, connected) {

@@ -1,78 +1,112 @@
-//! The daemon's status file, `daemon.json` in the home: rewritten every second while a
-//! daemon runs, removed when it stops. Read-only commands (`status`) learn from it whether a
-//! daemon runs, which peers are connected and what each folder's runner is doing; the
-//! index itself they read directly (read-only).
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! What a running daemon reports about itself through the control socket: its pid, each
+//! peer's connection, and per folder the runner's state, per-file problems, warnings and
+//! when it was last in sync. Read-only commands (`status`) combine it with the index, which
+//! they read directly (read-only). The snapshot is made on request, so an idle daemon
+//! writes nothing.
 
 use serde::{Deserialize, Serialize};
 
-use crate::home::{Home, write_atomic};
 use crate::sync::Inner;
-
-/// How old the file may be before the daemon counts as gone.
-const STALE_SECS: u64 = 5;
 
 /// What a running daemon reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonStatus {
     /// The daemon's process id.
     pub pid: u32,
-    /// When this was written (Unix seconds).
-    pub updated: u64,
-    /// Device ids (text) of connected peers.
-    pub connected: Vec<String>,
-    /// Per folder id: state (`idle`, `scanning`, `syncing`, `error`) and the last error.
+    /// When it started (Unix seconds).
+    pub started: u64,
+    /// Every configured peer's connection.
+    pub peers: Vec<PeerStatus>,
+    /// Per folder: the runner's state, problems and warnings.
     pub folders: Vec<FolderStatus>,
 }
 
-/// One folder's runner state.
+impl DaemonStatus {
+    /// True when `device_id` (text) is connected.
+    pub fn is_connected(&self, device_id: &str) -> bool {
+        self.peers.iter().any(|p| p.device_id == device_id && p.connected)
+    }
+}
+
+/// One peer's connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Device id (text).
+    pub device_id: String,
+    /// Connected now.
+    pub connected: bool,
+    /// Unix seconds: connected since, or last seen; 0 when never seen since the start.
+    pub since: u64,
+}
+
+/// One folder's runner.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FolderStatus {
     /// Folder id.
     pub id: String,
-    /// Runner state.
+    /// Runner state: `idle`, `scanning`, `syncing` or `error`.
     pub state: String,
     /// The last whole-folder error, if the state is `error`.
     pub error: Option<String>,
+    /// Paths that cannot be synced right now, and why.
+    pub problems: Vec<PathProblem>,
+    /// Conditions that do not stop syncing (a failed watch, lost notifications).
+    pub warnings: Vec<String>,
+    /// When the folder was last in sync with every peer (Unix seconds; now when it is).
+    pub synced_at: Option<u64>,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+/// A per-file problem.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathProblem {
+    /// The path inside the folder.
+    pub path: String,
+    /// Why it cannot be synced.
+    pub error: String,
+    /// When it was first seen (Unix seconds).
+    pub since: u64,
+    /// Attempts so far.
+    pub attempts: u32,
 }
 
-/// Writes the current status.
-pub(crate) fn write(home: &Home, inner: &Inner) {
-    let folders = inner
-        .folder_states()
-        .into_iter()
-        .map(|(id, (state, error))| FolderStatus {
-            id: id.to_string(),
-            state: state.as_str().into(),
-            error,
+/// The daemon's current status.
+pub(crate) fn snapshot(inner: &Inner) -> DaemonStatus {
+    let config = inner.config();
+    let states = inner.folder_states();
+    let links = inner.peer_links();
+    let peers = config
+        .peers
+        .iter()
+        .map(|p| {
+            let link = links.get(&p.id).copied().unwrap_or_default();
+            let connected = link.connected && inner.connection(&p.id).is_some();
+            PeerStatus { device_id: p.id.to_string(), connected, since: link.since }
         })
         .collect();
-    let status = DaemonStatus {
-        pid: std::process::id(),
-        updated: now_secs(),
-        connected: inner.connected_peers().iter().map(ToString::to_string).collect(),
-        folders,
-    };
-    if let Ok(json) = serde_json::to_vec_pretty(&status) {
-        let _ = write_atomic(&home.dir().join("daemon.json"), &json, 0o600);
-    }
-}
-
-/// Removes the status file (the daemon is stopping).
-pub(crate) fn remove(home: &Home) {
-    let _ = std::fs::remove_file(home.dir().join("daemon.json"));
-}
-
-/// The status of a running daemon, if one runs for this home.
-pub fn read(home: &Home) -> Option<DaemonStatus> {
-    let text = std::fs::read(home.dir().join("daemon.json")).ok()?;
-    let status: DaemonStatus = serde_json::from_slice(&text).ok()?;
-    let alive = std::path::Path::new(&format!("/proc/{}", status.pid)).exists();
-    let fresh = now_secs().saturating_sub(status.updated) <= STALE_SECS;
-    (alive && fresh).then_some(status)
+    let folders = config
+        .folders
+        .iter()
+        .map(|f| {
+            let (state, error) = states.get(&f.id).cloned().unwrap_or_default();
+            let problems = inner
+                .problems(&f.id)
+                .into_iter()
+                .map(|(path, p)| PathProblem {
+                    path,
+                    error: p.error,
+                    since: p.since,
+                    attempts: p.attempts,
+                })
+                .collect();
+            FolderStatus {
+                id: f.id.to_string(),
+                state: state.as_str().to_string(),
+                error,
+                problems,
+                warnings: inner.warnings(&f.id),
+                synced_at: inner.synced_at(&f.id),
+            }
+        })
+        .collect();
+    DaemonStatus { pid: std::process::id(), started: inner.started, peers, folders }
 }

@@ -28,10 +28,27 @@ pub struct WatchError {
 
 /// Watches `root` recursively and calls `on_change` for every event that may matter
 /// (`on_change(true)` when notify lost events and a full rescan is needed).
+///
+/// `test_limit` (a test fault, see `sync::Faults`) makes a tree of more directories than
+/// that fail the way an exhausted inotify watch limit does.
 pub fn watch(
     root: &Path,
     on_change: impl Fn(bool) + Send + 'static,
+    test_limit: Option<usize>,
 ) -> Result<FolderWatcher, WatchError> {
+    if let Some(limit) = test_limit {
+        let dirs = walkdir::WalkDir::new(root)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_dir())
+            .count();
+        if dirs > limit {
+            return Err(WatchError {
+                path: root.display().to_string(),
+                source: notify::Error::new(notify::ErrorKind::MaxFilesWatch),
+            });
+        }
+    }
     let handler = move |event: notify::Result<Event>| match event {
         Ok(event) if event.need_rescan() => on_change(true),
         Ok(event) if is_read_only(&event.kind) => {}
@@ -84,9 +101,13 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let count = Arc::new(AtomicUsize::new(0));
         let seen = count.clone();
-        let _watch = watch(dir.path(), move |_| {
-            seen.fetch_add(1, Ordering::SeqCst);
-        })
+        let _watch = watch(
+            dir.path(),
+            move |_| {
+                seen.fetch_add(1, Ordering::SeqCst);
+            },
+            None,
+        )
         .unwrap();
         std::fs::write(dir.path().join(format!("{TEMP_PREFIX}x-1234")), b"partial").unwrap();
         std::thread::sleep(Duration::from_millis(200));

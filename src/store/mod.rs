@@ -20,7 +20,9 @@ use tandem_proto::model::{FileRecord, Hash, RelPath};
 
 pub use records::{Event, EventKind, FolderMeta, LocalRecord, PeerMeta, RecordError};
 pub use stat::StatKey;
-use tables::{CHUNKS, EVENTS, FILES, FOLDER_MODES, FOLDERS, PEER_FILES, PEER_META, SEQUENCES};
+use tables::{
+    CHUNKS, EVENTS, FILES, FOLDER_MODES, FOLDER_SYNCED, FOLDERS, PEER_FILES, PEER_META, SEQUENCES,
+};
 
 /// redb page cache per open index.
 const CACHE_BYTES: usize = 32 << 20;
@@ -118,6 +120,7 @@ impl Index {
             txn.open_table(PEER_META).map_err(db_err)?;
             txn.open_table(EVENTS).map_err(db_err)?;
             txn.open_table(FOLDER_MODES).map_err(db_err)?;
+            txn.open_table(FOLDER_SYNCED).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db: Db::Write(db) })
@@ -208,6 +211,18 @@ impl Index {
         let txn = self.read()?;
         let table = txn.open_table(FOLDER_MODES).map_err(db_err)?;
         Ok(table.get(folder).map_err(db_err)?.map(|v| v.value().to_string()))
+    }
+
+    /// When the folder was last in sync with every peer it is shared with (Unix seconds).
+    pub fn synced_at(&self, folder: &str) -> Result<Option<u64>, StoreError> {
+        let txn = self.read()?;
+        let table = match txn.open_table(FOLDER_SYNCED) {
+            Ok(table) => table,
+            // an index written before this table existed: never recorded
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(table.get(folder).map_err(db_err)?.map(|v| v.value()))
     }
 
     /// Log events with an id above `after`, oldest first, at most `limit` of the newest.
@@ -408,6 +423,13 @@ impl WriteBatch {
         Ok(())
     }
 
+    /// Records that `folder` was in sync with every peer at `secs` (Unix seconds).
+    pub fn set_synced_at(&mut self, folder: &str, secs: u64) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(FOLDER_SYNCED).map_err(db_err)?;
+        table.insert(folder, secs).map_err(db_err)?;
+        Ok(())
+    }
+
     /// Gives every record of `folder` a new sequence number, so the next index exchange
     /// sends all of them (peers ignore versions they already have).
     pub fn resequence(&mut self, folder: &str) -> Result<usize, StoreError> {
@@ -456,6 +478,8 @@ impl WriteBatch {
         }
         let mut folders = self.txn.open_table(FOLDERS).map_err(db_err)?;
         folders.remove(folder).map_err(db_err)?;
+        let mut synced = self.txn.open_table(FOLDER_SYNCED).map_err(db_err)?;
+        synced.remove(folder).map_err(db_err)?;
         Ok(())
     }
 

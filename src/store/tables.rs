@@ -38,3 +38,8 @@ pub(crate) const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new(
 /// receive-only mode (its held-back changes must then be announced).
 pub(crate) const FOLDER_MODES: TableDefinition<'_, &str, &str> =
     TableDefinition::new("folder_modes_v1");
+
+/// folder id → Unix seconds of the last moment the folder was in sync with every peer it is
+/// shared with (`status --check --max-lag` reads it, with or without a daemon).
+pub(crate) const FOLDER_SYNCED: TableDefinition<'_, &str, u64> =
+    TableDefinition::new("folder_synced_v1");

@@ -59,6 +59,9 @@ pub(crate) async fn execute(
         if ex.outcome.rescan {
             break;
         }
+        if inner.backing_off(&cfg.id, step.path()) {
+            continue; // failed recently: retried when its backoff ends
+        }
         if let Some(transfer) = ex.transfer(step, &sources) {
             while in_flight.len() >= PARALLEL {
                 if let Some((i, result)) = in_flight.next().await {
@@ -179,11 +182,10 @@ impl<'a> Executor<'a> {
     /// (later steps check against it) and the records wait for the next batch commit.
     fn finish(&mut self, step: &Step, result: Result<(), ApplyError>) {
         match result {
-            Ok(()) => {
-                if let Err(e) = self.stage(step) {
-                    tracing::warn!("folder {}: {e}", self.cfg.id);
-                }
-            }
+            Ok(()) => match self.stage(step) {
+                Ok(()) => self.inner.step_succeeded(&self.cfg.id, step.path()),
+                Err(e) => self.failed(step, &e),
+            },
             Err(ApplyError::LocalChange(path)) => {
                 tracing::info!(
                     "folder {}: {path} changed locally; rescanning before deciding",
@@ -191,10 +193,20 @@ impl<'a> Executor<'a> {
                 );
                 self.outcome.rescan = true;
             }
-            Err(e) => {
-                tracing::warn!("folder {}: {e}", self.cfg.id);
-                self.events.push(self.event(step.path(), EventKind::Error, None, e.to_string()));
-            }
+            Err(e) => self.failed(step, &e),
+        }
+    }
+
+    /// A step failed for a reason other than a local change: the path is kept as a
+    /// per-file problem (shown by `status`) and retried with backoff; the log and the event
+    /// log hear about it once per distinct error, not on every retry.
+    fn failed(&mut self, step: &Step, error: &ApplyError) {
+        let text = error.to_string();
+        if self.inner.step_failed(&self.cfg.id, step.path(), &text) {
+            tracing::warn!("folder {}: {text} (retried with backoff)", self.cfg.id);
+            self.events.push(self.event(step.path(), EventKind::Error, None, text));
+        } else {
+            tracing::debug!("folder {}: {text} (retried with backoff)", self.cfg.id);
         }
     }
 

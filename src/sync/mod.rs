@@ -8,6 +8,7 @@
 //! so a local change is never overwritten unseen.
 
 pub mod executor;
+pub mod modes;
 pub mod puller;
 pub mod session;
 pub mod writer;
@@ -16,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tandem_proto::model::FolderMode;
 use tandem_proto::model::{DeviceId, FileRecord, FolderId, RelPath, ShortId};
@@ -86,6 +87,53 @@ struct PeerEntry {
     dialer: DeviceId,
 }
 
+/// A path this device cannot sync right now (per-file error), kept until its cause is gone.
+#[derive(Clone, Debug)]
+pub struct Problem {
+    /// What went wrong, for people.
+    pub error: String,
+    /// When it was first seen (Unix seconds).
+    pub since: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not retried before this.
+    retry_at: Instant,
+    /// Found by the scanner (cleared by the next scan) rather than by applying a step.
+    from_scan: bool,
+}
+
+/// First retry delay of a failed step; doubles per failure up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+/// Longest retry delay of a failed step.
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// What a folder's runner has been through, beyond its state.
+#[derive(Clone, Debug, Default)]
+struct FolderLife {
+    /// Rounds started and finished (a `scan` request waits for a round that began after it).
+    started: u64,
+    finished: u64,
+    /// The last scan's counts: new, changed, deleted.
+    last_scan: (u64, u64, u64),
+    /// Watching failed (so only the periodic rescan finds local changes).
+    watch_failed: Option<String>,
+    /// The last time change notifications were lost (Unix seconds).
+    overflow_at: Option<u64>,
+    /// In sync with every peer it is shared with, as of the last round.
+    in_sync: bool,
+    /// When it was last known in sync (Unix seconds), while it is not.
+    synced_at: Option<u64>,
+}
+
+/// When a peer was last connected, as this daemon saw it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PeerLink {
+    /// Connected now.
+    pub connected: bool,
+    /// Unix seconds: connected since (when connected), else last seen (0: never).
+    pub since: u64,
+}
+
 /// State shared by the sessions, the runners and the daemon.
 pub struct Inner {
     /// The index.
@@ -103,6 +151,13 @@ pub struct Inner {
     /// Per folder: (news counter, the counter value at which a plan came out empty).
     folder_clean: Mutex<BTreeMap<FolderId, (u64, Option<u64>)>>,
     folder_states: Mutex<BTreeMap<FolderId, (FolderState, Option<String>)>>,
+    problems: Mutex<BTreeMap<FolderId, BTreeMap<String, Problem>>>,
+    lives: Mutex<BTreeMap<FolderId, FolderLife>>,
+    links: Mutex<BTreeMap<DeviceId, PeerLink>>,
+    /// Bumped whenever any folder finishes a round.
+    rounds: watch::Sender<u64>,
+    /// When this daemon started (Unix seconds).
+    pub started: u64,
     /// Bumped after every local index change; sessions send updates when it moves.
     pub local_changes: watch::Sender<u64>,
     /// Byte counters.
@@ -120,6 +175,9 @@ pub struct Faults {
     pub corrupt_responses: bool,
     /// `TANDEM_TEST_RESPONSE_DELAY_MS=N`: wait N ms before answering each request.
     pub response_delay_ms: u64,
+    /// `TANDEM_TEST_WATCH_LIMIT=N`: watching a tree of more than N directories fails as
+    /// if inotify's watch limit (`fs.inotify.max_user_watches`) were exhausted.
+    pub watch_limit: Option<usize>,
 }
 
 impl Faults {
@@ -132,8 +190,10 @@ impl Faults {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            watch_limit: std::env::var("TANDEM_TEST_WATCH_LIMIT").ok().and_then(|v| v.parse().ok()),
         };
-        if faults.corrupt_responses || faults.response_delay_ms > 0 {
+        if faults.corrupt_responses || faults.response_delay_ms > 0 || faults.watch_limit.is_some()
+        {
             tracing::warn!("TEST FAULTS ACTIVE: {faults:?}");
         }
         faults
@@ -154,6 +214,11 @@ impl Inner {
             folder_wakeups: Mutex::new(BTreeMap::new()),
             folder_clean: Mutex::new(BTreeMap::new()),
             folder_states: Mutex::new(BTreeMap::new()),
+            problems: Mutex::new(BTreeMap::new()),
+            lives: Mutex::new(BTreeMap::new()),
+            links: Mutex::new(BTreeMap::new()),
+            rounds: watch::Sender::new(0),
+            started: now_secs(),
             local_changes: watch::Sender::new(0),
             stats: Stats::default(),
             faults: Faults::from_env(),
@@ -164,6 +229,14 @@ impl Inner {
     /// A copy of the configuration.
     pub fn config(&self) -> Config {
         self.config.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Replaces the configuration (a running daemon reloading `config.toml`).
+    pub fn set_config(&self, config: Config) {
+        match self.config.write() {
+            Ok(mut c) => *c = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
     }
 
     pub(crate) fn device_name(&self) -> String {
@@ -213,14 +286,40 @@ impl Inner {
             );
         }
         peers.insert(peer, PeerEntry { conn, dialer });
+        if let Ok(mut links) = self.links.lock() {
+            links.insert(peer, PeerLink { connected: true, since: now_secs() });
+        }
         true
     }
 
     pub(crate) fn unregister(&self, peer: &DeviceId, stable_id: usize) {
-        if let Ok(mut peers) = self.peers.lock()
-            && peers.get(peer).is_some_and(|e| e.conn.stable_id() == stable_id)
-        {
-            peers.remove(peer);
+        let removed = match self.peers.lock() {
+            Ok(mut peers) if peers.get(peer).is_some_and(|e| e.conn.stable_id() == stable_id) => {
+                peers.remove(peer);
+                true
+            }
+            _ => false,
+        };
+        if removed {
+            if let Ok(mut links) = self.links.lock() {
+                links.insert(*peer, PeerLink { connected: false, since: now_secs() });
+            }
+            for folder in self.folders_shared_with(peer) {
+                self.set_in_sync(&folder, false);
+            }
+        }
+    }
+
+    /// What this daemon knows of each peer's connection.
+    pub fn peer_links(&self) -> BTreeMap<DeviceId, PeerLink> {
+        self.links.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Closes the connection to `peer`, if any (its configuration changed; the dial loops
+    /// reconnect with the new one when it is still trusted).
+    pub fn drop_connection(&self, peer: &DeviceId, why: &str) {
+        if let Some(conn) = self.connection(peer) {
+            conn.close(tandem_proto::wire::CloseCode::Shutdown.as_u32().into(), why.as_bytes());
         }
     }
 
@@ -297,7 +396,7 @@ impl Inner {
         map.entry(folder.clone()).or_default().clone()
     }
 
-    fn local_changed(&self) {
+    pub(crate) fn local_changed(&self) {
         self.local_changes.send_modify(|n| *n += 1);
     }
 
@@ -333,6 +432,183 @@ impl Inner {
         self.folder_states.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
+    fn life<T>(&self, folder: &FolderId, f: impl FnOnce(&mut FolderLife) -> T) -> Option<T> {
+        let mut lives = self.lives.lock().ok()?;
+        Some(f(lives.entry(folder.clone()).or_default()))
+    }
+
+    /// Records whether `folder` is in sync with every peer now; leaving that state
+    /// remembers when it was last true.
+    fn set_in_sync(&self, folder: &FolderId, in_sync: bool) {
+        self.life(folder, |life| {
+            if life.in_sync && !in_sync {
+                life.synced_at = Some(now_secs());
+            }
+            life.in_sync = in_sync;
+        });
+    }
+
+    /// When `folder` was last in sync with every peer (now, when it is), as far as this
+    /// daemon knows.
+    pub fn synced_at(&self, folder: &FolderId) -> Option<u64> {
+        self.life(folder, |life| if life.in_sync { Some(now_secs()) } else { life.synced_at })
+            .flatten()
+    }
+
+    /// Watching `folder` failed, or works again (`None`).
+    fn set_watch_failed(&self, folder: &FolderId, error: Option<String>) {
+        self.life(folder, |life| life.watch_failed = error);
+    }
+
+    /// Change notifications for `folder` were lost (a full rescan follows).
+    fn note_overflow(&self, folder: &FolderId) {
+        self.life(folder, |life| life.overflow_at = Some(now_secs()));
+    }
+
+    /// Warnings about `folder` that do not stop it syncing: a failed watch, lost events.
+    pub fn warnings(&self, folder: &FolderId) -> Vec<String> {
+        let life = self.life(folder, |life| life.clone()).unwrap_or_default();
+        let mut out = Vec::new();
+        if let Some(error) = life.watch_failed {
+            out.push(error);
+        }
+        if let Some(at) = life.overflow_at.filter(|at| now_secs().saturating_sub(*at) < 3600) {
+            out.push(format!(
+                "change notifications were lost at {at} (Unix time); a full rescan ran"
+            ));
+        }
+        out
+    }
+
+    /// The counts of the folder's latest scan: new, changed, deleted.
+    pub fn last_scan(&self, folder: &FolderId) -> (u64, u64, u64) {
+        self.life(folder, |life| life.last_scan).unwrap_or_default()
+    }
+
+    fn round_started(&self, folder: &FolderId) {
+        self.life(folder, |life| life.started += 1);
+    }
+
+    fn round_finished(&self, folder: &FolderId) {
+        self.life(folder, |life| life.finished += 1);
+        self.rounds.send_modify(|n| *n += 1);
+    }
+
+    /// Asks the runner of `folder` for a round (scan, plan, apply) and waits until one that
+    /// started after this call has finished.
+    pub async fn request_round(&self, folder: &FolderId) {
+        let mut done = self.rounds.subscribe();
+        let asked = self.life(folder, |life| life.started).unwrap_or(0);
+        self.notify_folder(folder);
+        loop {
+            if self.life(folder, |life| life.finished > asked).unwrap_or(true) {
+                return;
+            }
+            if done.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Per-file problems of `folder`, by path.
+    pub fn problems(&self, folder: &FolderId) -> BTreeMap<String, Problem> {
+        let map = self.problems.lock().ok();
+        map.and_then(|m| m.get(folder).cloned()).unwrap_or_default()
+    }
+
+    /// Replaces the scanner's problems of `folder` with the latest scan's findings.
+    fn set_scan_problems(&self, folder: &FolderId, issues: &[crate::scan::ScanIssue]) {
+        let Ok(mut map) = self.problems.lock() else { return };
+        let problems = map.entry(folder.clone()).or_default();
+        let old = std::mem::take(problems);
+        let mut kept: BTreeMap<String, Problem> =
+            old.iter().filter(|(_, p)| !p.from_scan).map(|(k, p)| (k.clone(), p.clone())).collect();
+        let now = now_secs();
+        for issue in issues {
+            let before = old.get(&issue.path).filter(|p| p.from_scan && p.error == issue.error);
+            kept.insert(
+                issue.path.clone(),
+                Problem {
+                    error: issue.error.clone(),
+                    since: before.map_or(now, |p| p.since),
+                    attempts: 1,
+                    retry_at: Instant::now(),
+                    from_scan: true,
+                },
+            );
+        }
+        *problems = kept;
+    }
+
+    /// A step on `path` failed: remember it and back off. True when this is news (first
+    /// failure or a different error), which is worth a log entry.
+    pub(crate) fn step_failed(&self, folder: &FolderId, path: &RelPath, error: &str) -> bool {
+        let Ok(mut map) = self.problems.lock() else { return true };
+        let problems = map.entry(folder.clone()).or_default();
+        let previous = problems.get(path.as_str()).filter(|p| !p.from_scan);
+        let attempts = previous.map_or(1, |p| p.attempts.saturating_add(1));
+        let news = previous.is_none_or(|p| p.error != error);
+        let since = previous.filter(|p| p.error == error).map_or_else(now_secs, |p| p.since);
+        let delay = FIRST_RETRY.saturating_mul(1 << (attempts - 1).min(16)).min(MAX_RETRY);
+        problems.insert(
+            path.to_string(),
+            Problem {
+                error: error.to_string(),
+                since,
+                attempts,
+                retry_at: Instant::now() + delay,
+                from_scan: false,
+            },
+        );
+        news
+    }
+
+    /// A step on `path` succeeded: its problem is gone.
+    pub(crate) fn step_succeeded(&self, folder: &FolderId, path: &RelPath) {
+        if let Ok(mut map) = self.problems.lock()
+            && let Some(problems) = map.get_mut(folder)
+            && problems.get(path.as_str()).is_some_and(|p| !p.from_scan)
+        {
+            problems.remove(path.as_str());
+        }
+    }
+
+    /// True while a failed step on `path` waits for its retry time.
+    pub(crate) fn backing_off(&self, folder: &FolderId, path: &RelPath) -> bool {
+        let Ok(map) = self.problems.lock() else { return false };
+        let problem = map.get(folder).and_then(|p| p.get(path.as_str()));
+        problem.is_some_and(|p| !p.from_scan && p.retry_at > Instant::now())
+    }
+
+    /// Drops step problems on paths the latest plan no longer touches (the cause went away
+    /// with the need, e.g. the peer deleted the file).
+    fn retain_step_problems(&self, folder: &FolderId, planned: &BTreeSet<&str>) {
+        if let Ok(mut map) = self.problems.lock()
+            && let Some(problems) = map.get_mut(folder)
+        {
+            problems.retain(|path, p| p.from_scan || planned.contains(path.as_str()));
+        }
+    }
+
+    /// When the next failed step of `folder` may be retried.
+    fn next_retry(&self, folder: &FolderId) -> Option<Instant> {
+        let map = self.problems.lock().ok()?;
+        map.get(folder)?.values().filter(|p| !p.from_scan).map(|p| p.retry_at).min()
+    }
+
+    /// Forgets a folder's runtime state (it was removed from the configuration).
+    pub fn forget_folder(&self, folder: &FolderId) {
+        if let Ok(mut map) = self.problems.lock() {
+            map.remove(folder);
+        }
+        if let Ok(mut map) = self.lives.lock() {
+            map.remove(folder);
+        }
+        if let Ok(mut map) = self.folder_states.lock() {
+            map.remove(folder);
+        }
+    }
+
     /// Peers with a live connection.
     pub fn connected_peers(&self) -> Vec<DeviceId> {
         let Ok(peers) = self.peers.lock() else { return Vec::new() };
@@ -349,19 +625,85 @@ impl Inner {
 /// Runs one folder forever: scan, apply, wait for news or the rescan interval.
 pub async fn run_folder(inner: Arc<Inner>, folder: FolderId, rescan: Duration) {
     let wakeup = inner.wakeup(&folder);
-    let _watch = start_watch(&inner, &folder, wakeup.clone());
+    let mut watch = start_watch(&inner, &folder, wakeup.clone());
     loop {
+        match &watch {
+            None => watch = start_watch(&inner, &folder, wakeup.clone()),
+            Some(w) if w.lost.swap(false, Ordering::Relaxed) => inner.note_overflow(&folder),
+            Some(_) => {}
+        }
+        inner.round_started(&folder);
         match sync_folder_once(&inner, &folder).await {
-            Ok(()) => inner.set_state(&folder, FolderState::Idle, None),
+            Ok(()) => {
+                inner.set_state(&folder, FolderState::Idle, None);
+                check_in_sync(&inner, &folder).await;
+            }
             Err(e) => {
                 tracing::warn!("folder {folder}: {e:#}");
                 inner.set_state(&folder, FolderState::Error, Some(e.to_string()));
+                inner.set_in_sync(&folder, false);
             }
         }
+        inner.round_finished(&folder);
+        // without a watch, local changes are only found by rescanning: do it more often
+        let rescan = if watch.is_some() { rescan } else { rescan.min(UNWATCHED_RESCAN) };
+        let retry =
+            inner.next_retry(&folder).map(|at| at.saturating_duration_since(Instant::now()));
         tokio::select! {
             () = wakeup.notified() => tokio::time::sleep(DEBOUNCE).await,
             () = tokio::time::sleep(rescan) => {}
+            () = tokio::time::sleep(retry.unwrap_or(rescan)), if retry.is_some() => {}
         }
+    }
+}
+
+/// The rescan interval of a folder that cannot be watched.
+const UNWATCHED_RESCAN: Duration = Duration::from_secs(60);
+
+/// After a clean round: is the folder in sync with every peer it is shared with (all
+/// connected, all sent their index, none needs anything)? Remembered for `status --check
+/// --max-lag`, and persisted when it changes so the answer survives the daemon.
+async fn check_in_sync(inner: &Arc<Inner>, folder: &FolderId) {
+    let folder2 = folder.clone();
+    let result = blocking(inner, move |inner| {
+        let Ok(cfg) = inner.config().folder(&folder2).cloned() else { return Ok(false) };
+        let connected = inner.connected_peers();
+        if !cfg.share.iter().all(|p| connected.contains(p)) {
+            return Ok(false);
+        }
+        let reached: Vec<_> = inner
+            .reached()
+            .into_iter()
+            .filter(|(id, _)| connected.contains(id))
+            .map(|(id, s)| (id, s.shared, s.received_index))
+            .collect();
+        if !cfg
+            .share
+            .iter()
+            .all(|p| reached.iter().any(|(id, shared, _)| id == p && shared.contains(&folder2)))
+        {
+            return Ok(false);
+        }
+        folder_in_sync(inner, &folder2, &reached)
+    })
+    .await;
+    let in_sync = matches!(result, Ok(Ok(true)));
+    let was = inner.life(folder, |life| life.in_sync).unwrap_or(false);
+    inner.set_in_sync(folder, in_sync);
+    if in_sync != was {
+        persist_synced_at(inner, folder);
+    }
+}
+
+/// Writes when `folder` was last in sync to the index (the daemon is the index's writer).
+pub fn persist_synced_at(inner: &Inner, folder: &FolderId) {
+    let Some(at) = inner.synced_at(folder) else { return };
+    let result = inner.index.write().and_then(|mut batch| {
+        batch.set_synced_at(folder.as_str(), at)?;
+        batch.commit()
+    });
+    if let Err(e) = result {
+        tracing::warn!("folder {folder}: {e}");
     }
 }
 
@@ -371,26 +713,44 @@ const DEBOUNCE: Duration = Duration::from_millis(30);
 
 /// Watches the folder so local edits wake its runner at once (the periodic rescan stays
 /// the safety net, and the only mechanism if watching fails).
-fn start_watch(
-    inner: &Inner,
-    folder: &FolderId,
-    wakeup: Arc<Notify>,
-) -> Option<crate::scan::watch::FolderWatcher> {
+fn start_watch(inner: &Inner, folder: &FolderId, wakeup: Arc<Notify>) -> Option<Watching> {
     let root = inner.config().folder(folder).ok()?.path.clone();
     let name = folder.clone();
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lost2 = lost.clone();
     let on_change = move |overflow: bool| {
         if overflow {
             tracing::warn!("folder {name}: change notifications were lost; rescanning everything");
+            lost2.store(true, Ordering::Relaxed);
         }
         wakeup.notify_one();
     };
-    match crate::scan::watch::watch(&root, on_change) {
-        Ok(watch) => Some(watch),
+    match crate::scan::watch::watch(&root, on_change, inner.faults.watch_limit) {
+        Ok(watch) => {
+            inner.set_watch_failed(folder, None);
+            Some(Watching { _watch: watch, lost })
+        }
         Err(e) => {
-            tracing::warn!("folder {folder}: {e}");
+            let was = inner.life(folder, |life| life.watch_failed.is_some()).unwrap_or(false);
+            if !was {
+                tracing::warn!("folder {folder}: {e}");
+            }
+            inner.set_watch_failed(
+                folder,
+                Some(format!(
+                    "{e}; local changes are found by a rescan every {} s",
+                    UNWATCHED_RESCAN.as_secs()
+                )),
+            );
             None
         }
     }
+}
+
+/// A live watch, and whether it lost events since the last look.
+struct Watching {
+    _watch: crate::scan::watch::FolderWatcher,
+    lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a folder round failed as a whole.
@@ -435,6 +795,9 @@ pub async fn sync_folder_once(inner: &Arc<Inner>, folder: &FolderId) -> Result<(
         })
         .await??;
         inner.set_clean(folder, seen, planned.plan.steps.is_empty());
+        let touched: BTreeSet<&str> =
+            planned.plan.steps.iter().map(|s| s.path().as_str()).collect();
+        inner.retain_step_problems(folder, &touched);
         if planned.plan.steps.is_empty() {
             return Ok(());
         }
@@ -462,6 +825,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn scan(inner: &Arc<Inner>, cfg: &FolderConfig) -> Result<(), FolderError> {
+    let cfg_id = cfg.id.clone();
     let cfg = cfg.clone();
     let summary = blocking(inner, move |inner| {
         let target = ScanTarget {
@@ -475,9 +839,16 @@ async fn scan(inner: &Arc<Inner>, cfg: &FolderConfig) -> Result<(), FolderError>
         scan_folder(&inner.index, &target)
     })
     .await??;
+    let before = inner.problems(&cfg_id);
     for issue in &summary.issues {
-        tracing::warn!("{}: {}", issue.path, issue.error);
+        if before.get(&issue.path).is_none_or(|p| p.error != issue.error) {
+            tracing::warn!("folder {cfg_id}: {}: {}", issue.path, issue.error);
+        }
     }
+    inner.set_scan_problems(&cfg_id, &summary.issues);
+    inner.life(&cfg_id, |life| {
+        life.last_scan = (summary.new, summary.changed, summary.deleted);
+    });
     if summary.new + summary.changed + summary.deleted > 0 {
         tracing::info!(
             "scanned: {} new, {} changed, {} deleted",

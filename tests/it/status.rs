@@ -62,9 +62,11 @@ fn read_commands_work_next_to_a_running_daemon() {
     a.trust(&b);
     a.write("x.txt", b"x");
     let _serve = a.serve();
-    let out = a.run(&["scan", "docs"]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is running"));
+    let out = a.ok(&["scan", "docs"]);
+    assert!(
+        out.starts_with("docs: ") && out.contains("(idle)"),
+        "a scan through the daemon: {out}"
+    );
     assert!(a.live_paths().contains(&"x.txt".to_string()), "ls reads the index while serve runs");
     assert!(wait_until(10, || status(&a)["daemon"] == true));
     a.ok(&["log", "--json"]);
