@@ -147,7 +147,89 @@ pub fn scan_folder(index: &Index, target: &ScanTarget<'_>) -> Result<ScanSummary
     let existing: BTreeMap<String, LocalRecord> =
         index.records(target.folder)?.into_iter().map(|r| (r.record.path.to_string(), r)).collect();
     check_marker(target.root, &existing)?;
-    let mut writer = Writer::new(index, target, &existing);
+    let mut summary = scan_with(index, target, &filter, &existing, None)?;
+    count_live(index, target.folder, &mut summary)?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Scans only `paths` (each with everything below it) — what the watcher saw change. The
+/// rest of the index is not read, so an edit in a folder of a million files costs what the
+/// edit touched. Without the folder marker it falls back to [`scan_folder`], which alone
+/// may decide what a missing marker means. The summary's live totals are not counted.
+pub fn scan_paths(
+    index: &Index,
+    target: &ScanTarget<'_>,
+    paths: &[RelPath],
+) -> Result<ScanSummary, ScanError> {
+    let started = Instant::now();
+    check_root(target.root)?;
+    if !target.root.join(MARKER).is_file() {
+        return scan_folder(index, target);
+    }
+    let filter = Filter::new(target.root, target.skip_dir.clone())
+        .map_err(|source| ScanError::Ignore { root: target.root.to_path_buf(), source })?;
+    let starts = scan_roots(index, target.folder, &filter, paths)?;
+    let mut existing = BTreeMap::new();
+    for start in &starts {
+        for local in index.records_under(target.folder, start)? {
+            existing.insert(local.record.path.to_string(), local);
+        }
+    }
+    let mut summary = scan_with(index, target, &filter, &existing, Some(&starts))?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// The subtrees a targeted scan walks: each changed path, raised to its highest ancestor the
+/// index does not know as a live directory (a new directory is walked whole), without
+/// excluded paths and without paths inside another start.
+fn scan_roots(
+    index: &Index,
+    folder: &str,
+    filter: &Filter,
+    paths: &[RelPath],
+) -> Result<Vec<RelPath>, StoreError> {
+    let mut starts: BTreeSet<RelPath> = BTreeSet::new();
+    'paths: for path in paths {
+        let mut ancestors = Vec::new();
+        let mut at = path.parent();
+        while let Some(parent) = at {
+            ancestors.push(parent.clone());
+            at = parent.parent();
+        }
+        if filter.excludes(path, false) || ancestors.iter().any(|a| filter.excludes(a, true)) {
+            continue;
+        }
+        let mut start = path.clone();
+        for ancestor in &ancestors {
+            // ancestors run from the nearest up; the first known live dir ends the climb
+            let known = index.record(folder, ancestor)?;
+            if known.is_some_and(|l| !l.record.deleted && l.record.kind == EntryKind::Dir) {
+                break;
+            }
+            start = ancestor.clone();
+        }
+        for other in &starts {
+            if other == &start || other.is_ancestor_of(&start) {
+                continue 'paths;
+            }
+        }
+        starts.retain(|other| !start.is_ancestor_of(other));
+        starts.insert(start);
+    }
+    Ok(starts.into_iter().collect())
+}
+
+/// The scan pipeline over `starts` (the whole folder when `None`), against `existing`.
+fn scan_with(
+    index: &Index,
+    target: &ScanTarget<'_>,
+    filter: &Filter,
+    existing: &BTreeMap<String, LocalRecord>,
+    starts: Option<&[RelPath]>,
+) -> Result<ScanSummary, ScanError> {
+    let mut writer = Writer::new(index, target, existing);
     let (seen, unknown) = std::thread::scope(|s| -> Result<_, ScanError> {
         let (found_tx, found_rx) = mpsc::sync_channel::<Found>(4 * BATCH);
         let (job_tx, job_rx) = mpsc::sync_channel::<HashJob>(4 * BATCH);
@@ -156,17 +238,15 @@ pub fn scan_folder(index: &Index, target: &ScanTarget<'_>) -> Result<ScanSummary
             let (rx, tx) = (Arc::clone(&job_rx), found_tx.clone());
             s.spawn(move || hash_worker(&rx, &tx));
         }
-        let walker = s.spawn(|| walk_folder(target.root, &filter, &existing, job_tx, found_tx));
+        let walker =
+            s.spawn(|| walk_folder(target.root, starts, filter, existing, job_tx, found_tx));
         for found in found_rx {
             writer.accept(found)?;
         }
         Ok(walker.join().unwrap_or_default())
     })?;
-    writer.tombstones(&filter, &seen, &unknown)?;
-    let mut summary = writer.finish()?;
-    count_live(index, target.folder, &mut summary)?;
-    summary.elapsed = started.elapsed();
-    Ok(summary)
+    writer.tombstones(filter, &seen, &unknown)?;
+    Ok(writer.finish()?)
 }
 
 /// The marker file that says "this directory is the synced folder": created by the first
@@ -207,6 +287,7 @@ fn check_root(root: &Path) -> Result<(), ScanError> {
 /// seen and the subtrees that could not be read.
 fn walk_folder(
     root: &Path,
+    starts: Option<&[RelPath]>,
     filter: &Filter,
     existing: &BTreeMap<String, LocalRecord>,
     jobs: mpsc::SyncSender<HashJob>,
@@ -214,7 +295,7 @@ fn walk_folder(
 ) -> (BTreeSet<String>, Vec<RelPath>) {
     let mut seen = BTreeSet::new();
     let mut unknown = Vec::new();
-    walk::walk(root, filter, |item| match item {
+    let mut visit = |item| match item {
         WalkItem::Entry { path, abs, meta } => {
             let stat = StatKey::from_metadata(&meta);
             let old = existing.get(path.as_str());
@@ -235,7 +316,15 @@ fn walk_folder(
             unknown.extend(unknown_subtree);
             let _ = found.send(Found::Issue(ScanIssue { path, error }));
         }
-    });
+    };
+    match starts {
+        None => walk::walk(root, filter, &mut visit),
+        Some(starts) => {
+            for start in starts {
+                walk::walk_under(root, &root.join(start.as_str()), filter, &mut visit);
+            }
+        }
+    }
     (seen, unknown)
 }
 
@@ -528,4 +617,109 @@ fn count_live(index: &Index, folder: &str, summary: &mut ScanSummary) -> Result<
             EntryKind::Symlink => summary.symlinks += 1,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        index: Index,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            fs::create_dir(dir.path().join("root")).unwrap();
+            let index = Index::open(&dir.path().join("index.redb")).unwrap();
+            Self { dir, index }
+        }
+
+        fn root(&self) -> PathBuf {
+            self.dir.path().join("root")
+        }
+
+        fn write(&self, rel: &str, data: &[u8]) {
+            let path = self.root().join(rel);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, data).unwrap();
+        }
+
+        fn target(&self) -> ScanTarget<'static> {
+            let root: &'static Path = Box::leak(self.root().into_boxed_path());
+            ScanTarget {
+                folder: "f",
+                root,
+                device: ShortId::new(1),
+                skip_dir: None,
+                mode: FolderMode::SendReceive,
+                peers: Vec::new(),
+            }
+        }
+
+        fn live(&self) -> BTreeMap<String, Hash> {
+            let records = self.index.records("f").unwrap();
+            records
+                .into_iter()
+                .filter(|l| !l.record.deleted)
+                .map(|l| (l.record.path.to_string(), l.record.hash))
+                .collect()
+        }
+    }
+
+    fn rel(path: &str) -> RelPath {
+        RelPath::new(path).unwrap()
+    }
+
+    #[test]
+    fn a_targeted_scan_reads_only_the_named_paths_and_everything_below_them() {
+        let fx = Fixture::new();
+        fx.write("a/one.txt", b"one");
+        fx.write("a/two.txt", b"two");
+        fx.write("b/three.txt", b"three");
+        scan_folder(&fx.index, &fx.target()).unwrap();
+
+        fx.write("a/one.txt", b"one, edited");
+        fs::remove_file(fx.root().join("a/two.txt")).unwrap();
+        fx.write("b/three.txt", b"three, edited but not named");
+        fx.write("new/deep/four.txt", b"four"); // a new directory: named by its file only
+        let summary =
+            scan_paths(&fx.index, &fx.target(), &[rel("a"), rel("new/deep/four.txt")]).unwrap();
+        assert_eq!((summary.new, summary.changed, summary.deleted), (3, 1, 1), "{summary:?}");
+        let live = fx.live();
+        assert_eq!(live["a/one.txt"], Hash::of(b"one, edited"));
+        assert!(!live.contains_key("a/two.txt"), "a deletion under a named dir is a tombstone");
+        assert_eq!(live["b/three.txt"], Hash::of(b"three"), "an unnamed path was read");
+        assert!(live.contains_key("new") && live.contains_key("new/deep"));
+        assert_eq!(live["new/deep/four.txt"], Hash::of(b"four"));
+
+        // the full scan still finds what the targeted one was not told about
+        scan_folder(&fx.index, &fx.target()).unwrap();
+        assert_eq!(fx.live()["b/three.txt"], Hash::of(b"three, edited but not named"));
+    }
+
+    #[test]
+    fn a_targeted_scan_skips_ignored_and_own_paths_and_needs_the_marker() {
+        let fx = Fixture::new();
+        fx.write(".tandemignore", b"build/\n");
+        fx.write("keep.txt", b"keep");
+        scan_folder(&fx.index, &fx.target()).unwrap();
+        fx.write("build/out.o", b"object");
+        fx.write(".tandem/trash/x", b"trash");
+        fx.write("keep.txt", b"kept, edited");
+        let paths = [rel("build/out.o"), rel(".tandem/trash/x"), rel("keep.txt")];
+        scan_paths(&fx.index, &fx.target(), &paths).unwrap();
+        let live = fx.live();
+        assert!(
+            !live.keys().any(|p| p.starts_with("build") || p.starts_with(".tandem/")),
+            "{live:?}"
+        );
+        assert_eq!(live["keep.txt"], Hash::of(b"kept, edited"));
+
+        // without the marker a targeted scan defers to the full scan, which refuses
+        fs::remove_file(fx.root().join(MARKER)).unwrap();
+        let err = scan_paths(&fx.index, &fx.target(), &[rel("keep.txt")]).unwrap_err();
+        assert!(matches!(err, ScanError::MarkerMissing { .. }), "{err}");
+    }
 }

@@ -74,8 +74,27 @@ impl Filter {
 }
 
 /// Walks `root`, calling `visit` for every entry and problem, in directory order.
-pub fn walk(root: &Path, filter: &Filter, mut visit: impl FnMut(WalkItem)) {
-    let walker = WalkDir::new(root).follow_links(false).min_depth(1).into_iter();
+pub fn walk(root: &Path, filter: &Filter, visit: impl FnMut(WalkItem)) {
+    walk_from(root, root, 1, filter, visit);
+}
+
+/// Walks the entry `start` under `root` and, when it is a directory, everything below it
+/// (a targeted rescan). A `start` that does not exist yields nothing.
+pub fn walk_under(root: &Path, start: &Path, filter: &Filter, visit: impl FnMut(WalkItem)) {
+    if std::fs::symlink_metadata(start).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return;
+    }
+    walk_from(root, start, 0, filter, visit);
+}
+
+fn walk_from(
+    root: &Path,
+    start: &Path,
+    min_depth: usize,
+    filter: &Filter,
+    mut visit: impl FnMut(WalkItem),
+) {
+    let walker = WalkDir::new(start).follow_links(false).min_depth(min_depth).into_iter();
     for next in walker.filter_entry(|e| !excluded(root, filter, e)) {
         match next {
             Ok(entry) => visit(entry_item(root, &entry)),

@@ -1,10 +1,11 @@
 //! Filesystem watching: inotify (through notify) on each folder root, recursive. Events
-//! are hints, never facts: they only wake the folder's runner, which rescans and lets the
-//! stat fast path find what changed. Events for tandem's own temp files and state are
-//! dropped, so a transfer does not keep triggering rescans. A queue overflow or a failed
-//! watch (inotify's watch limit) is logged and leaves the periodic full rescan in charge.
+//! are hints, never facts: they name the paths the folder's runner rescans (the scanner
+//! decides what changed, by the stat fast path). Events for tandem's own temp files and
+//! state are dropped, so a transfer does not keep triggering rescans. A queue overflow asks
+//! for a full rescan; a failed watch (inotify's watch limit) is reported and leaves the
+//! periodic full rescan in charge.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
@@ -26,14 +27,22 @@ pub struct WatchError {
     pub source: notify::Error,
 }
 
-/// Watches `root` recursively and calls `on_change` for every event that may matter
-/// (`on_change(true)` when notify lost events and a full rescan is needed).
+/// What a watch reports.
+#[derive(Debug)]
+pub enum Change {
+    /// These absolute paths may have changed.
+    Paths(Vec<PathBuf>),
+    /// Events were lost: only a full rescan can tell what changed.
+    Lost,
+}
+
+/// Watches `root` recursively and calls `on_change` for every event that may matter.
 ///
 /// `test_limit` (a test fault, see `sync::Faults`) makes a tree of more directories than
 /// that fail the way an exhausted inotify watch limit does.
 pub fn watch(
     root: &Path,
-    on_change: impl Fn(bool) + Send + 'static,
+    on_change: impl Fn(Change) + Send + 'static,
     test_limit: Option<usize>,
 ) -> Result<FolderWatcher, WatchError> {
     if let Some(limit) = test_limit {
@@ -50,11 +59,11 @@ pub fn watch(
         }
     }
     let handler = move |event: notify::Result<Event>| match event {
-        Ok(event) if event.need_rescan() => on_change(true),
+        Ok(event) if event.need_rescan() || event.paths.is_empty() => on_change(Change::Lost),
         Ok(event) if is_read_only(&event.kind) => {}
-        Ok(event) if event.paths.iter().all(|p| is_own(p)) && !event.paths.is_empty() => {}
-        Ok(_) => on_change(false),
-        Err(_) => on_change(true),
+        Ok(event) if event.paths.iter().all(|p| is_own(p)) => {}
+        Ok(event) => on_change(Change::Paths(event.paths)),
+        Err(_) => on_change(Change::Lost),
     };
     let err = |source| WatchError { path: root.display().to_string(), source };
     let mut watcher = notify::recommended_watcher(handler).map_err(err)?;
@@ -101,9 +110,14 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let count = Arc::new(AtomicUsize::new(0));
         let seen = count.clone();
+        let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let named = paths.clone();
         let _watch = watch(
             dir.path(),
-            move |_| {
+            move |change| {
+                if let Change::Paths(p) = change {
+                    named.lock().unwrap().extend(p);
+                }
                 seen.fetch_add(1, Ordering::SeqCst);
             },
             None,
@@ -114,5 +128,7 @@ mod tests {
         assert_eq!(count.load(Ordering::SeqCst), 0, "tandem's temp files are not changes");
         std::fs::write(dir.path().join("sub/file.txt"), b"hello").unwrap();
         assert!(wait_for(&count, 1), "no event for a user write");
+        let named = paths.lock().unwrap().clone();
+        assert!(named.contains(&dir.path().join("sub/file.txt")), "{named:?}");
     }
 }

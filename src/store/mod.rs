@@ -159,6 +159,28 @@ impl Index {
         Ok(out)
     }
 
+    /// The records of `path` and of everything below it, in path order.
+    pub fn records_under(
+        &self,
+        folder: &str,
+        path: &RelPath,
+    ) -> Result<Vec<LocalRecord>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(FILES).map_err(db_err)?;
+        let mut out = Vec::new();
+        if let Some(value) = table.get((folder, path.as_str())).map_err(db_err)? {
+            out.push(decode_entry(folder, path.as_str(), value.value())?);
+        }
+        // children sort between "path/" and "path0" ('0' follows '/' in byte order)
+        let (from, to) = (format!("{path}/"), format!("{path}0"));
+        for entry in table.range((folder, from.as_str())..(folder, to.as_str())).map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            let (_, child) = key.value();
+            out.push(decode_entry(folder, child, value.value())?);
+        }
+        Ok(out)
+    }
+
     /// The record of one path.
     pub fn record(&self, folder: &str, path: &RelPath) -> Result<Option<LocalRecord>, StoreError> {
         let txn = self.read()?;

@@ -28,7 +28,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{Config, FolderConfig};
 use crate::home::Home;
-use crate::scan::{ScanTarget, scan_folder};
+use crate::scan::watch::Change;
+use crate::scan::{ScanTarget, scan_folder, scan_paths};
 use crate::store::{Index, LocalRecord, StoreError};
 
 /// Planning rounds per wake-up before waiting for news.
@@ -119,6 +120,8 @@ struct FolderLife {
     watch_failed: Option<String>,
     /// The last time change notifications were lost (Unix seconds).
     overflow_at: Option<u64>,
+    /// A full scan was asked for (`tandem scan`).
+    full_requested: bool,
     /// In sync with every peer it is shared with, as of the last round.
     in_sync: bool,
     /// When it was last known in sync (Unix seconds), while it is not.
@@ -498,7 +501,12 @@ impl Inner {
     /// started after this call has finished.
     pub async fn request_round(&self, folder: &FolderId) {
         let mut done = self.rounds.subscribe();
-        let asked = self.life(folder, |life| life.started).unwrap_or(0);
+        let asked = self
+            .life(folder, |life| {
+                life.full_requested = true;
+                life.started
+            })
+            .unwrap_or(0);
         self.notify_folder(folder);
         loop {
             if self.life(folder, |life| life.finished > asked).unwrap_or(true) {
@@ -516,13 +524,30 @@ impl Inner {
         map.and_then(|m| m.get(folder).cloned()).unwrap_or_default()
     }
 
-    /// Replaces the scanner's problems of `folder` with the latest scan's findings.
-    fn set_scan_problems(&self, folder: &FolderId, issues: &[crate::scan::ScanIssue]) {
+    /// Replaces the scanner's problems of `folder` with the latest scan's findings: all of
+    /// them after a full scan, those under the scanned `paths` after a targeted one.
+    fn set_scan_problems(
+        &self,
+        folder: &FolderId,
+        issues: &[crate::scan::ScanIssue],
+        paths: Option<&[RelPath]>,
+    ) {
         let Ok(mut map) = self.problems.lock() else { return };
         let problems = map.entry(folder.clone()).or_default();
         let old = std::mem::take(problems);
-        let mut kept: BTreeMap<String, Problem> =
-            old.iter().filter(|(_, p)| !p.from_scan).map(|(k, p)| (k.clone(), p.clone())).collect();
+        let rescanned = |path: &str| {
+            paths.is_none_or(|paths| {
+                paths.iter().any(|p| {
+                    path == p.as_str()
+                        || path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
+                })
+            })
+        };
+        let mut kept: BTreeMap<String, Problem> = old
+            .iter()
+            .filter(|(path, p)| !p.from_scan || !rescanned(path))
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
         let now = now_secs();
         for issue in issues {
             let before = old.get(&issue.path).filter(|p| p.from_scan && p.error == issue.error);
@@ -626,14 +651,33 @@ impl Inner {
 pub async fn run_folder(inner: Arc<Inner>, folder: FolderId, rescan: Duration) {
     let wakeup = inner.wakeup(&folder);
     let mut watch = start_watch(&inner, &folder, wakeup.clone());
+    // the first round scans everything: changes made before the watch began are unseen
+    let mut full = true;
     loop {
-        match &watch {
-            None => watch = start_watch(&inner, &folder, wakeup.clone()),
-            Some(w) if w.lost.swap(false, Ordering::Relaxed) => inner.note_overflow(&folder),
-            Some(_) => {}
+        if watch.is_none() {
+            watch = start_watch(&inner, &folder, wakeup.clone());
         }
+        let requested = inner.life(&folder, |life| std::mem::take(&mut life.full_requested));
+        let scope = match &watch {
+            // without a watch, only a full scan finds local changes
+            None => Scope::All,
+            Some(w) => {
+                let dirty = w.take();
+                if dirty.lost {
+                    inner.note_overflow(&folder);
+                }
+                if full || dirty.full || requested == Some(true) {
+                    Scope::All
+                } else if dirty.paths.is_empty() {
+                    Scope::Nothing // woken by peers: the executor checks each path it touches
+                } else {
+                    Scope::Paths(dirty.paths.into_iter().collect())
+                }
+            }
+        };
+        full = false;
         inner.round_started(&folder);
-        match sync_folder_once(&inner, &folder).await {
+        match sync_folder_once(&inner, &folder, scope).await {
             Ok(()) => {
                 inner.set_state(&folder, FolderState::Idle, None);
                 check_in_sync(&inner, &folder).await;
@@ -651,7 +695,7 @@ pub async fn run_folder(inner: Arc<Inner>, folder: FolderId, rescan: Duration) {
             inner.next_retry(&folder).map(|at| at.saturating_duration_since(Instant::now()));
         tokio::select! {
             () = wakeup.notified() => tokio::time::sleep(DEBOUNCE).await,
-            () = tokio::time::sleep(rescan) => {}
+            () = tokio::time::sleep(rescan) => full = true,
             () = tokio::time::sleep(retry.unwrap_or(rescan)), if retry.is_some() => {}
         }
     }
@@ -716,19 +760,41 @@ const DEBOUNCE: Duration = Duration::from_millis(30);
 fn start_watch(inner: &Inner, folder: &FolderId, wakeup: Arc<Notify>) -> Option<Watching> {
     let root = inner.config().folder(folder).ok()?.path.clone();
     let name = folder.clone();
-    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let lost2 = lost.clone();
-    let on_change = move |overflow: bool| {
-        if overflow {
-            tracing::warn!("folder {name}: change notifications were lost; rescanning everything");
-            lost2.store(true, Ordering::Relaxed);
+    let dirty = Arc::new(Mutex::new(Dirty::default()));
+    let (dirty2, root2) = (dirty.clone(), root.clone());
+    let on_change = move |change: Change| {
+        let mut d = dirty2.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match change {
+            Change::Lost => {
+                tracing::warn!(
+                    "folder {name}: change notifications were lost; rescanning everything"
+                );
+                (d.lost, d.full) = (true, true);
+            }
+            Change::Paths(paths) => {
+                for abs in paths {
+                    match crate::scan::walk::relative(&root2, &abs) {
+                        Ok(rel) => {
+                            d.paths.insert(rel);
+                        }
+                        Err(_) if abs == root2 => {} // the root's own metadata
+                        // a name the index cannot hold: the full scan reports it
+                        Err(_) => d.full = true,
+                    }
+                }
+                if d.paths.len() > MAX_DIRTY {
+                    d.full = true;
+                    d.paths.clear();
+                }
+            }
         }
+        drop(d);
         wakeup.notify_one();
     };
     match crate::scan::watch::watch(&root, on_change, inner.faults.watch_limit) {
         Ok(watch) => {
             inner.set_watch_failed(folder, None);
-            Some(Watching { _watch: watch, lost })
+            Some(Watching { _watch: watch, dirty })
         }
         Err(e) => {
             let was = inner.life(folder, |life| life.watch_failed.is_some()).unwrap_or(false);
@@ -747,10 +813,40 @@ fn start_watch(inner: &Inner, folder: &FolderId, wakeup: Arc<Notify>) -> Option<
     }
 }
 
-/// A live watch, and whether it lost events since the last look.
+/// A live watch, and what it saw since the last look.
 struct Watching {
     _watch: crate::scan::watch::FolderWatcher,
-    lost: Arc<std::sync::atomic::AtomicBool>,
+    dirty: Arc<Mutex<Dirty>>,
+}
+
+impl Watching {
+    fn take(&self) -> Dirty {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+/// Changed paths the watch reported, waiting for the next round.
+#[derive(Debug, Default)]
+struct Dirty {
+    paths: BTreeSet<RelPath>,
+    /// Only a full scan will do (events lost, too many paths, an unrepresentable name).
+    full: bool,
+    /// Events were lost (reported in `status`).
+    lost: bool,
+}
+
+/// Changed paths past which one full scan is cheaper than targeted ones.
+const MAX_DIRTY: usize = 10_000;
+
+/// What a round scans before planning.
+#[derive(Debug)]
+pub enum Scope {
+    /// Nothing: the watch saw no local change (peer news woke the runner).
+    Nothing,
+    /// The whole folder.
+    All,
+    /// These paths and everything below them.
+    Paths(Vec<RelPath>),
 }
 
 /// Why a folder round failed as a whole.
@@ -775,17 +871,24 @@ pub enum FolderError {
 pub async fn initial_scan(inner: &Arc<Inner>, folder: &FolderId) -> Result<(), FolderError> {
     let cfg = inner.config().folder(folder).cloned().map_err(|_| FolderError::Gone)?;
     inner.set_state(folder, FolderState::Scanning, None);
-    scan(inner, &cfg).await
+    scan_scope(inner, &cfg, Scope::All).await
 }
 
-/// One scan and up to `MAX_ROUNDS` plan-and-apply rounds.
-pub async fn sync_folder_once(inner: &Arc<Inner>, folder: &FolderId) -> Result<(), FolderError> {
+/// One scan of `scope` and up to `MAX_ROUNDS` plan-and-apply rounds.
+pub async fn sync_folder_once(
+    inner: &Arc<Inner>,
+    folder: &FolderId,
+    scope: Scope,
+) -> Result<(), FolderError> {
     let cfg = inner.config().folder(folder).cloned().map_err(|_| FolderError::Gone)?;
-    let mut rescan = true;
+    let mut scope = scope;
     for _ in 0..MAX_ROUNDS {
-        if rescan {
-            inner.set_state(folder, FolderState::Scanning, None);
-            scan(inner, &cfg).await?;
+        match std::mem::replace(&mut scope, Scope::Nothing) {
+            Scope::Nothing => {}
+            scope => {
+                inner.set_state(folder, FolderState::Scanning, None);
+                scan_scope(inner, &cfg, scope).await?;
+            }
         }
         inner.set_state(folder, FolderState::Syncing, None);
         let seen = inner.news(folder);
@@ -809,7 +912,9 @@ pub async fn sync_folder_once(inner: &Arc<Inner>, folder: &FolderId) -> Result<(
         if outcome.committed == 0 && !outcome.rescan {
             return Ok(());
         }
-        rescan = outcome.rescan;
+        if outcome.rescan {
+            scope = Scope::All;
+        }
     }
     Ok(())
 }
@@ -824,9 +929,17 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| FolderError::Task(e.to_string()))
 }
 
-async fn scan(inner: &Arc<Inner>, cfg: &FolderConfig) -> Result<(), FolderError> {
+async fn scan_scope(
+    inner: &Arc<Inner>,
+    cfg: &FolderConfig,
+    scope: Scope,
+) -> Result<(), FolderError> {
     let cfg_id = cfg.id.clone();
     let cfg = cfg.clone();
+    let paths = match &scope {
+        Scope::Paths(paths) => Some(paths.clone()),
+        _ => None,
+    };
     let summary = blocking(inner, move |inner| {
         let target = ScanTarget {
             folder: cfg.id.as_str(),
@@ -836,7 +949,10 @@ async fn scan(inner: &Arc<Inner>, cfg: &FolderConfig) -> Result<(), FolderError>
             mode: cfg.mode,
             peers: cfg.share.iter().map(ToString::to_string).collect(),
         };
-        scan_folder(&inner.index, &target)
+        match &scope {
+            Scope::Paths(paths) => scan_paths(&inner.index, &target, paths),
+            _ => scan_folder(&inner.index, &target),
+        }
     })
     .await??;
     let before = inner.problems(&cfg_id);
@@ -845,7 +961,7 @@ async fn scan(inner: &Arc<Inner>, cfg: &FolderConfig) -> Result<(), FolderError>
             tracing::warn!("folder {cfg_id}: {}: {}", issue.path, issue.error);
         }
     }
-    inner.set_scan_problems(&cfg_id, &summary.issues);
+    inner.set_scan_problems(&cfg_id, &summary.issues, paths.as_deref());
     inner.life(&cfg_id, |life| {
         life.last_scan = (summary.new, summary.changed, summary.deleted);
     });
