@@ -7,6 +7,7 @@
 //! bytes it describes, so the index never claims content the disk did not have.
 
 mod records;
+mod slices;
 mod stat;
 mod tables;
 
@@ -19,6 +20,7 @@ use redb::{
 use tandem_proto::model::{FileRecord, Hash, RelPath};
 
 pub use records::{Event, EventKind, FolderMeta, LocalRecord, PeerMeta, RecordError};
+pub use slices::Slice;
 pub use stat::StatKey;
 use tables::{
     CHUNKS, EVENTS, FILES, FOLDER_MODES, FOLDER_SYNCED, FOLDERS, PEER_FILES, PEER_META, SEQUENCES,

@@ -122,6 +122,8 @@ struct FolderLife {
     overflow_at: Option<u64>,
     /// A full scan was asked for (`tandem scan`).
     full_requested: bool,
+    /// Per peer, at the last plan: does it have everything of the global state?
+    complete: BTreeMap<DeviceId, bool>,
     /// In sync with every peer it is shared with, as of the last round.
     in_sync: bool,
     /// When it was last known in sync (Unix seconds), while it is not.
@@ -408,12 +410,25 @@ impl Inner {
         self.folder_clean.lock().ok().and_then(|m| m.get(folder).map(|e| e.0)).unwrap_or(0)
     }
 
-    /// Records that a plan made at news counter `seen` had `clean` (no steps).
-    fn set_clean(&self, folder: &FolderId, seen: u64, clean: bool) {
+    /// Records that a plan made at news counter `seen` had `clean` (no steps), and which
+    /// peers had everything.
+    fn set_clean(
+        &self,
+        folder: &FolderId,
+        seen: u64,
+        clean: bool,
+        complete: BTreeMap<DeviceId, bool>,
+    ) {
         if let Ok(mut map) = self.folder_clean.lock() {
             let entry = map.entry(folder.clone()).or_default();
             entry.1 = clean.then_some(seen);
         }
+        self.life(folder, |life| life.complete = complete);
+    }
+
+    /// Whether `peer` had everything of `folder` at the last plan.
+    fn peer_complete(&self, folder: &FolderId, peer: &DeviceId) -> bool {
+        self.life(folder, |life| life.complete.get(peer).copied().unwrap_or(false)).unwrap_or(false)
     }
 
     /// New peer records for `folder`: whatever the runner planned before is stale.
@@ -897,14 +912,14 @@ pub async fn sync_folder_once(
             move |inner| plan_folder(inner, &cfg)
         })
         .await??;
-        inner.set_clean(folder, seen, planned.plan.steps.is_empty());
+        inner.set_clean(folder, seen, planned.plan.steps.is_empty(), planned.complete.clone());
         let touched: BTreeSet<&str> =
             planned.plan.steps.iter().map(|s| s.path().as_str()).collect();
         inner.retain_step_problems(folder, &touched);
         if planned.plan.steps.is_empty() {
             return Ok(());
         }
-        let Planned { plan, local, sources } = planned;
+        let Planned { plan, local, sources, .. } = planned;
         let outcome = executor::execute(inner, &cfg, plan, local, sources).await;
         if outcome.committed > 0 {
             inner.local_changed();
@@ -982,19 +997,79 @@ struct Planned {
     plan: Plan,
     local: BTreeMap<RelPath, LocalRecord>,
     sources: BTreeMap<RelPath, Vec<DeviceId>>,
+    /// Per peer: has it everything of the global state it knows of?
+    complete: BTreeMap<DeviceId, bool>,
 }
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Loads the local index and every peer's records, and plans.
+/// Paths per slice when a folder's records are read in slices.
+const SLICE: usize = 4096;
+
+/// Plans in two passes so memory stays bounded by what needs doing, not by the folder's
+/// size: the folder is read in path-ordered slices to find the paths whose need is not
+/// "in sync" (and whether every peer has everything); then only those paths' records are
+/// loaded and planned. The plan is the one a whole-folder plan would make, except that
+/// chunk-reuse hints come only from the planned paths (the puller's chunk table covers the
+/// rest).
 fn plan_folder(inner: &Inner, cfg: &FolderConfig) -> Result<Planned, StoreError> {
     let folder = cfg.id.as_str();
-    let local: BTreeMap<RelPath, LocalRecord> =
-        inner.index.records(folder)?.into_iter().map(|l| (l.record.path.clone(), l)).collect();
+    let peer_names: Vec<String> = cfg.share.iter().map(ToString::to_string).collect();
+    let mut dirty: Vec<RelPath> = Vec::new();
+    let mut peers_complete = vec![true; cfg.share.len()];
+    inner.index.for_each_slice(folder, &peer_names, SLICE, |slice| {
+        let local: Records =
+            slice.local.into_iter().map(|l| (l.record.path.clone(), l.record)).collect();
+        let peers: Vec<Records> = slice
+            .peers
+            .into_iter()
+            .map(|records| records.into_iter().map(|r| (r.path.clone(), r)).collect())
+            .collect();
+        let refs: Vec<&Records> = peers.iter().collect();
+        let global = GlobalState::build(cfg.mode, &local, &refs);
+        let paths: BTreeSet<&RelPath> =
+            local.keys().chain(global.iter().map(|r| r.path())).collect();
+        for path in paths {
+            let settled = matches!(
+                need(cfg.mode, local.get(path), global.get(path)),
+                Need::InSync | Need::Ahead
+            );
+            if !settled {
+                dirty.push(path.clone());
+            }
+        }
+        for (complete, records) in peers_complete.iter_mut().zip(&peers) {
+            *complete = *complete && peer_needs_nothing(records, &global);
+        }
+    })?;
+    // the planner checks that a path's parent is a directory: ancestors come along
+    let mut wanted: BTreeSet<RelPath> = BTreeSet::new();
+    for path in dirty {
+        let mut at = path.parent();
+        while let Some(parent) = at {
+            if !wanted.insert(parent.clone()) {
+                break;
+            }
+            at = parent.parent();
+        }
+        wanted.insert(path);
+    }
+    let mut local = BTreeMap::new();
+    let mut peers: Vec<(DeviceId, Records)> =
+        cfg.share.iter().map(|p| (*p, Records::new())).collect();
+    for path in &wanted {
+        if let Some(l) = inner.index.record(folder, path)? {
+            local.insert(path.clone(), l);
+        }
+        for ((_, records), name) in peers.iter_mut().zip(&peer_names) {
+            if let Some(r) = inner.index.peer_record(folder, name, path)? {
+                records.insert(path.clone(), r);
+            }
+        }
+    }
     let local_records: Records = local.iter().map(|(p, l)| (p.clone(), l.record.clone())).collect();
-    let peers = peer_records(inner, cfg)?;
     let peer_refs: Vec<&Records> = peers.iter().map(|(_, r)| r).collect();
     let global = GlobalState::build(cfg.mode, &local_records, &peer_refs);
     let config = PlanConfig {
@@ -1005,16 +1080,8 @@ fn plan_folder(inner: &Inner, cfg: &FolderConfig) -> Result<Planned, StoreError>
     };
     let plan = plan(&local_records, &global, &config);
     let sources = pull_sources(&plan, &peers);
-    Ok(Planned { plan, local, sources })
-}
-
-fn peer_records(inner: &Inner, cfg: &FolderConfig) -> Result<Vec<(DeviceId, Records)>, StoreError> {
-    let mut out = Vec::new();
-    for peer in &cfg.share {
-        let records = inner.index.peer_records(cfg.id.as_str(), &peer.to_string())?;
-        out.push((*peer, records.into_iter().map(|r| (r.path.clone(), r)).collect()));
-    }
-    Ok(out)
+    let complete = cfg.share.iter().copied().zip(peers_complete).collect();
+    Ok(Planned { plan, local, sources, complete })
 }
 
 /// For each file to pull, the peers that announced the same content.
@@ -1032,34 +1099,24 @@ fn pull_sources(plan: &Plan, peers: &[(DeviceId, Records)]) -> BTreeMap<RelPath,
 }
 
 /// True when `folder` needs nothing here and every connected peer that shares it has sent
-/// its index and needs nothing from us.
+/// its index and needs nothing from us — as of the last plan, which saw the latest peer
+/// records (the runner re-plans whenever they change), so no records are read here.
 pub fn folder_in_sync(
     inner: &Inner,
     folder: &FolderId,
     connected: &[(DeviceId, Vec<FolderId>, Vec<FolderId>)],
 ) -> Result<bool, StoreError> {
-    let Ok(cfg) = inner.config().folder(folder).cloned() else { return Ok(true) };
+    if inner.config().folder(folder).is_err() {
+        return Ok(true);
+    }
     if !inner.is_clean(folder) {
         return Ok(false);
     }
-    let local: Records = inner
-        .index
-        .records(folder.as_str())?
-        .into_iter()
-        .map(|l| (l.record.path.clone(), l.record))
-        .collect();
-    let peers = peer_records(inner, &cfg)?;
-    let peer_refs: Vec<&Records> = peers.iter().map(|(_, r)| r).collect();
-    let global = GlobalState::build(cfg.mode, &local, &peer_refs);
     for (peer, shared, received) in connected {
         if !shared.contains(folder) {
             continue;
         }
-        if !received.contains(folder) {
-            return Ok(false);
-        }
-        let Some((_, records)) = peers.iter().find(|(id, _)| id == peer) else { return Ok(false) };
-        if !peer_needs_nothing(records, &global) {
+        if !received.contains(folder) || !inner.peer_complete(folder, peer) {
             return Ok(false);
         }
     }

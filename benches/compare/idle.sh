@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# idle.sh [FILES_DIR] — two `tandem serve` on 127.0.0.1 sharing a folder of many files (default:
+# 100,000 small files generated under /tmp/idle100k), both pre-filled with the same files (so
+# they are adopted without transfers). Once in sync: CPU seconds and RSS of each daemon over
+# 60 idle seconds, then the propagation latency of one edit in that big folder.
+# Prints `tandem_idle files=… cpu_pct=… rss_mib=… hwm_mib=…` per daemon and
+# `tandem_big_folder_edit_latency …`. Needs a release build.
+set -euo pipefail
+B=${TANDEM:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/tandem}
+SRC=${1:-/tmp/idle100k}
+if [ ! -d "$SRC" ]; then
+  mkdir -p "$SRC"
+  for d in $(seq -w 0 999); do
+    mkdir -p "$SRC/d$d"
+    for f in $(seq 0 99); do printf 'file %s/%s\n' "$d" "$f" > "$SRC/d$d/f$f.txt"; done
+  done
+fi
+W=$(mktemp -d)
+cleanup() { kill ${PA:-} ${PB:-} 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+cp -a "$SRC" "$W/fa"; cp -a "$SRC" "$W/fb"
+FILES=$(find "$W/fa" -type f | wc -l)
+$B --home $W/a init --listen 127.0.0.1:24501 >/dev/null 2>&1
+$B --home $W/b init --listen 127.0.0.1:24502 >/dev/null 2>&1
+IA=$($B --home $W/a id); IB=$($B --home $W/b id)
+$B --home $W/a peer add $IB --addr 127.0.0.1:24502 2>/dev/null
+$B --home $W/b peer add $IA --addr 127.0.0.1:24501 2>/dev/null
+$B --home $W/a folder add f $W/fa --share $IB 2>/dev/null
+$B --home $W/b folder add f $W/fb --share $IA 2>/dev/null
+$B --home $W/a serve --log-level warn 2>$W/a.log & PA=$!
+$B --home $W/b serve --log-level warn 2>$W/b.log & PB=$!
+start=$(date +%s)
+until $B --home $W/a status --check >/dev/null 2>&1 && $B --home $W/b status --check >/dev/null 2>&1; do
+  sleep 1
+  if [ $(( $(date +%s) - start )) -gt 600 ]; then echo "not in sync after 600 s" >&2; exit 1; fi
+done
+echo "tandem_converged files=$FILES seconds=$(( $(date +%s) - start ))"
+sleep 5
+ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+kb() { awk -v k="$2" '$1==k":" {print $2}' /proc/$1/status; }
+HZ=$(getconf CLK_TCK)
+a0=$(ticks $PA); b0=$(ticks $PB); t0=$(date +%s.%N)
+sleep 60
+a1=$(ticks $PA); b1=$(ticks $PB); t1=$(date +%s.%N)
+for side in a b; do
+  pid=$([ $side = a ] && echo $PA || echo $PB)
+  c0=$([ $side = a ] && echo $a0 || echo $b0); c1=$([ $side = a ] && echo $a1 || echo $b1)
+  awk -v side=$side -v files=$FILES -v c=$((c1 - c0)) -v hz=$HZ -v t0=$t0 -v t1=$t1 \
+      -v rss=$(kb $pid VmRSS) -v hwm=$(kb $pid VmHWM) 'BEGIN {
+    printf "tandem_idle side=%s files=%d cpu_pct=%.3f rss_mib=%.1f hwm_mib=%.1f\n",
+      side, files, 100 * c / hz / (t1 - t0), rss / 1024, hwm / 1024 }'
+done
+echo "index_bytes=$(stat -c %s $W/a/index.redb) per_file=$(( $(stat -c %s $W/a/index.redb) / FILES ))"
+W=$W python3 - <<'PY'
+import os, time, statistics
+vals = []
+for i in range(7):
+    data = os.urandom(4096)
+    t = time.time()
+    with open(os.environ['W'] + '/fa/d0500/edit.bin', 'wb') as f:
+        f.write(data)
+    while True:
+        try:
+            if open(os.environ['W'] + '/fb/d0500/edit.bin', 'rb').read() == data:
+                break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.002)
+    vals.append(time.time() - t)
+    time.sleep(0.5)
+print("tandem_big_folder_edit_latency n=7 median_s=%.3f min_s=%.3f max_s=%.3f"
+      % (statistics.median(vals), min(vals), max(vals)))
+PY
