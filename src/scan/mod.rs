@@ -132,6 +132,29 @@ struct HashJob {
     stat: StatKey,
 }
 
+/// What a scan keeps in memory of each indexed path: enough for the stat fast path and
+/// tombstones. The full record is read from the index only for paths found changed, so a
+/// scan of a big folder holds tens of bytes per path, not whole records.
+#[derive(Clone, Copy, Debug)]
+struct Known {
+    stat: StatKey,
+    deleted: bool,
+    dir: bool,
+}
+
+impl Known {
+    fn of(local: &LocalRecord) -> Self {
+        Self {
+            stat: local.stat,
+            deleted: local.record.deleted,
+            dir: local.record.kind == EntryKind::Dir,
+        }
+    }
+}
+
+/// Indexed paths and what the scan knows of them.
+type KnownMap = BTreeMap<String, Known>;
+
 /// What the writer receives.
 enum Found {
     Entry(Box<LocalRecord>),
@@ -144,8 +167,10 @@ pub fn scan_folder(index: &Index, target: &ScanTarget<'_>) -> Result<ScanSummary
     check_root(target.root)?;
     let filter = Filter::new(target.root, target.skip_dir.clone())
         .map_err(|source| ScanError::Ignore { root: target.root.to_path_buf(), source })?;
-    let existing: BTreeMap<String, LocalRecord> =
-        index.records(target.folder)?.into_iter().map(|r| (r.record.path.to_string(), r)).collect();
+    let mut existing = KnownMap::new();
+    index.for_each_record(target.folder, |l| {
+        existing.insert(l.record.path.to_string(), Known::of(&l));
+    })?;
     check_marker(target.root, &existing)?;
     let mut summary = scan_with(index, target, &filter, &existing, None)?;
     count_live(index, target.folder, &mut summary)?;
@@ -170,10 +195,10 @@ pub fn scan_paths(
     let filter = Filter::new(target.root, target.skip_dir.clone())
         .map_err(|source| ScanError::Ignore { root: target.root.to_path_buf(), source })?;
     let starts = scan_roots(index, target.folder, &filter, paths)?;
-    let mut existing = BTreeMap::new();
+    let mut existing = KnownMap::new();
     for start in &starts {
         for local in index.records_under(target.folder, start)? {
-            existing.insert(local.record.path.to_string(), local);
+            existing.insert(local.record.path.to_string(), Known::of(&local));
         }
     }
     let mut summary = scan_with(index, target, &filter, &existing, Some(&starts))?;
@@ -226,7 +251,7 @@ fn scan_with(
     index: &Index,
     target: &ScanTarget<'_>,
     filter: &Filter,
-    existing: &BTreeMap<String, LocalRecord>,
+    existing: &KnownMap,
     starts: Option<&[RelPath]>,
 ) -> Result<ScanSummary, ScanError> {
     let mut writer = Writer::new(index, target, existing);
@@ -254,12 +279,12 @@ fn scan_with(
 /// and is then refused instead of read as "every file was deleted".
 pub const MARKER: &str = ".tandem/folder";
 
-fn check_marker(root: &Path, existing: &BTreeMap<String, LocalRecord>) -> Result<(), ScanError> {
+fn check_marker(root: &Path, existing: &KnownMap) -> Result<(), ScanError> {
     let marker = root.join(MARKER);
     if marker.is_file() {
         return Ok(());
     }
-    if existing.values().any(|l| !l.record.deleted) {
+    if existing.values().any(|k| !k.deleted) {
         return Err(ScanError::MarkerMissing { root: root.to_path_buf() });
     }
     let create = || -> std::io::Result<()> {
@@ -289,7 +314,7 @@ fn walk_folder(
     root: &Path,
     starts: Option<&[RelPath]>,
     filter: &Filter,
-    existing: &BTreeMap<String, LocalRecord>,
+    existing: &KnownMap,
     jobs: mpsc::SyncSender<HashJob>,
     found: mpsc::SyncSender<Found>,
 ) -> (BTreeSet<String>, Vec<RelPath>) {
@@ -302,7 +327,7 @@ fn walk_folder(
             if meta.file_type().is_file() || meta.is_dir() || meta.file_type().is_symlink() {
                 seen.insert(path.to_string());
             }
-            if old.is_some_and(|o| !o.record.deleted && o.stat.unchanged(&stat)) {
+            if old.is_some_and(|o| !o.deleted && o.stat.unchanged(&stat)) {
                 return;
             }
             // A failed send means the writer stopped on an error it will report.
@@ -421,7 +446,7 @@ fn now_ns() -> i64 {
 struct Writer<'a> {
     index: &'a Index,
     target: &'a ScanTarget<'a>,
-    existing: &'a BTreeMap<String, LocalRecord>,
+    existing: &'a KnownMap,
     pending: Vec<(LocalRecord, bool)>,
     events_logged: usize,
     events_skipped: usize,
@@ -430,11 +455,7 @@ struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
-    fn new(
-        index: &'a Index,
-        target: &'a ScanTarget<'a>,
-        existing: &'a BTreeMap<String, LocalRecord>,
-    ) -> Self {
+    fn new(index: &'a Index, target: &'a ScanTarget<'a>, existing: &'a KnownMap) -> Self {
         let now_secs =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         Self {
@@ -465,7 +486,8 @@ impl<'a> Writer<'a> {
 
     /// Files a freshly scanned entry as new, changed, or unchanged apart from its stat.
     fn record(&mut self, mut local: LocalRecord) -> Result<(), StoreError> {
-        let old = self.existing.get(local.record.path.as_str());
+        let old = self.old(&local.record.path)?;
+        let old = old.as_ref();
         match old {
             Some(old) if !old.record.deleted && old.record.same_entry(&local.record) => {
                 let mut kept = old.clone();
@@ -491,19 +513,22 @@ impl<'a> Writer<'a> {
         unknown: &[RelPath],
     ) -> Result<(), StoreError> {
         let existing = self.existing;
-        for (path, old) in existing {
-            let rec = &old.record;
-            let skipped = rec.deleted
-                || seen.contains(path)
-                || unknown.iter().any(|u| u == &rec.path || u.is_ancestor_of(&rec.path))
-                || filter.excludes(&rec.path, rec.kind == EntryKind::Dir);
+        for (path, known) in existing {
+            if known.deleted || seen.contains(path) {
+                continue;
+            }
+            let Ok(rel) = RelPath::new(path.as_str()) else { continue };
+            let skipped = unknown.iter().any(|u| u == &rel || u.is_ancestor_of(&rel))
+                || filter.excludes(&rel, known.dir);
             if skipped {
                 continue;
             }
+            let Some(old) = self.old(&rel)? else { continue };
+            let rec = &old.record;
             let mut tomb = draft(rec.path.clone(), rec.kind, StatKey::default());
             tomb.mtime_ns = rec.mtime_ns;
             tomb.deleted = true;
-            let tomb = self.versioned(Some(old), tomb)?;
+            let tomb = self.versioned(Some(&old), tomb)?;
             self.summary.deleted += 1;
             self.push(LocalRecord { record: tomb, stat: StatKey::default() }, true)?;
         }
@@ -531,6 +556,15 @@ impl<'a> Writer<'a> {
         let old = old.map(|o| &o.record);
         let (mode, device) = (self.target.mode, self.target.device);
         Ok(scanned_record(mode, device, self.now_secs, old, found, global.as_ref()))
+    }
+
+    /// The indexed record of a path the scan found changed (read now: the scan keeps only
+    /// a [`Known`] per path in memory).
+    fn old(&self, path: &RelPath) -> Result<Option<LocalRecord>, StoreError> {
+        if !self.existing.contains_key(path.as_str()) {
+            return Ok(None);
+        }
+        self.index.record(self.target.folder, path)
     }
 
     fn push(&mut self, local: LocalRecord, is_change: bool) -> Result<(), StoreError> {
@@ -578,7 +612,7 @@ impl<'a> Writer<'a> {
             return None;
         }
         self.events_logged += 1;
-        let was_live = self.existing.get(record.path.as_str()).is_some_and(|o| !o.record.deleted);
+        let was_live = self.existing.get(record.path.as_str()).is_some_and(|k| !k.deleted);
         let what = match (record.deleted, was_live) {
             (true, _) => "deleted",
             (false, true) => "changed",

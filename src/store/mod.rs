@@ -192,14 +192,20 @@ impl Index {
     }
 
     /// Records changed after `since`, in sequence order (for incremental index exchange).
-    pub fn changes_since(&self, folder: &str, since: u64) -> Result<Vec<LocalRecord>, StoreError> {
+    /// At most `limit` of them, so a full exchange of a big folder is sent page by page.
+    pub fn changes_since(
+        &self,
+        folder: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<LocalRecord>, StoreError> {
         let txn = self.read()?;
         let seqs = txn.open_table(SEQUENCES).map_err(db_err)?;
         let files = txn.open_table(FILES).map_err(db_err)?;
         let mut out = Vec::new();
-        for entry in
-            seqs.range((folder, since.saturating_add(1))..=(folder, u64::MAX)).map_err(db_err)?
-        {
+        let range =
+            seqs.range((folder, since.saturating_add(1))..=(folder, u64::MAX)).map_err(db_err)?;
+        for entry in range.take(limit) {
             let (_, path) = entry.map_err(db_err)?;
             let path = path.value();
             if let Some(value) = files.get((folder, path)).map_err(db_err)? {

@@ -207,7 +207,12 @@ async fn send_index(
     }
 }
 
-/// Sends records changed after `since` in batches; returns the highest sequence sent.
+/// Records read from the index per page while sending (bounds the memory of a full
+/// exchange of a big folder).
+const SEND_PAGE: usize = 8192;
+
+/// Sends records changed after `since` in batches, a page of the index at a time; returns
+/// the highest sequence sent.
 async fn send_since(
     inner: &Inner,
     tx: &mut FramedSend,
@@ -216,28 +221,30 @@ async fn send_since(
     first: bool,
     initial: bool,
 ) -> Result<u64, ProtocolError> {
-    let records = inner
-        .index
-        .changes_since(folder.as_str(), since)
-        .map_err(|e| ProtocolError::Store(e.to_string()))?;
-    let mut last = records.iter().map(|l| l.record.sequence).max().unwrap_or(since).max(since);
-    let records =
-        inner.announced(folder, records).map_err(|e| ProtocolError::Store(e.to_string()))?;
-    let mut first = first;
-    if records.is_empty() && first {
-        let batch = IndexBatch { folder: folder.clone(), records: Vec::new(), first };
-        tx.send(&Message::Index(batch)).await?;
-        return Ok(last);
+    let store = |e: crate::store::StoreError| ProtocolError::Store(e.to_string());
+    let (mut last, mut first) = (since, first);
+    loop {
+        let page = inner.index.changes_since(folder.as_str(), last, SEND_PAGE).map_err(store)?;
+        let full = page.len() >= SEND_PAGE;
+        let page_last = page.iter().map(|l| l.record.sequence).max().unwrap_or(last);
+        let records = inner.announced(folder, page).map_err(store)?;
+        if records.is_empty() && first && !full {
+            let batch = IndexBatch { folder: folder.clone(), records: Vec::new(), first };
+            tx.send(&Message::Index(batch)).await?;
+            return Ok(page_last.max(last));
+        }
+        for chunk in batches(&records) {
+            let records: Vec<_> = chunk.iter().map(|l| l.record.clone()).collect();
+            let batch = IndexBatch { folder: folder.clone(), records, first };
+            let message = if initial { Message::Index(batch) } else { Message::IndexUpdate(batch) };
+            tx.send(&message).await?;
+            first = false;
+        }
+        last = page_last.max(last);
+        if !full {
+            return Ok(last);
+        }
     }
-    for chunk in batches(&records) {
-        let records: Vec<_> = chunk.iter().map(|l| l.record.clone()).collect();
-        last = records.iter().map(|r| r.sequence).max().unwrap_or(last).max(last);
-        let batch = IndexBatch { folder: folder.clone(), records, first };
-        let message = if initial { Message::Index(batch) } else { Message::IndexUpdate(batch) };
-        tx.send(&message).await?;
-        first = false;
-    }
-    Ok(last)
 }
 
 /// Splits records into batches of at most `MAX_INDEX_BATCH` records and about a quarter of
