@@ -35,7 +35,7 @@ until $B --home $W/a status --check >/dev/null 2>&1 && $B --home $W/b status --c
   if [ $(( $(date +%s) - start )) -gt 600 ]; then echo "not in sync after 600 s" >&2; exit 1; fi
 done
 echo "tandem_converged files=$FILES seconds=$(( $(date +%s) - start ))"
-sleep 5
+sleep 30  # let the first rounds after convergence finish
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
 kb() { awk -v k="$2" '$1==k":" {print $2}' /proc/$1/status; }
 HZ=$(getconf CLK_TCK)

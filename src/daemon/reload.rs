@@ -76,6 +76,7 @@ impl Supervisor {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         self.inner.local_changed();
+        self.inner.plan_everything(&cfg.id);
         self.inner.notify_folder(&cfg.id);
         Ok(format!(
             "{}: {count} paths now carry this device's version; peers take them now",
@@ -93,6 +94,7 @@ impl Supervisor {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
         self.inner.local_changed();
+        self.inner.plan_everything(&cfg.id);
         self.inner.notify_folder(&cfg.id);
         Ok(format!(
             "{}: {retaken} local changes are being replaced by the global version, {removed} local additions moved to .tandem/trash/",
@@ -151,6 +153,9 @@ impl Supervisor {
                 self.start_runner(folder.clone(), true);
                 said.push(format!("folder {} now at {}", folder.id, folder.path.display()));
                 continue;
+            }
+            if before.share != folder.share || before.mode != folder.mode {
+                self.inner.plan_everything(&folder.id);
             }
             for peer in folder.share.iter().filter(|p| !before.share.contains(p)) {
                 self.inner.drop_connection(peer, "configuration changed");

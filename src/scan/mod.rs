@@ -27,6 +27,9 @@ use crate::store::{Event, EventKind, Index, LocalRecord, StatKey, StoreError};
 use hasher::{FileHasher, HashError};
 use walk::{Filter, WalkItem};
 
+/// Changed paths a scan lists in its summary (for incremental planning); past this many,
+/// a whole-folder plan is cheaper anyway.
+pub const MAX_CHANGED_PATHS: usize = 10_000;
 /// Local changes logged one by one per scan; more are summed up in one entry.
 const MAX_SCAN_EVENTS: usize = 1000;
 /// Records written per durable commit.
@@ -104,6 +107,11 @@ pub struct ScanSummary {
     pub hashed_bytes: u64,
     /// Paths that could not be recorded.
     pub issues: Vec<ScanIssue>,
+    /// The paths recorded as new, changed or deleted (at most [`MAX_CHANGED_PATHS`]; past
+    /// that, `changed_overflow` is set and the list is incomplete).
+    pub changed_paths: Vec<RelPath>,
+    /// More paths changed than `changed_paths` holds.
+    pub changed_overflow: bool,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -568,6 +576,13 @@ impl<'a> Writer<'a> {
     }
 
     fn push(&mut self, local: LocalRecord, is_change: bool) -> Result<(), StoreError> {
+        if is_change {
+            if self.summary.changed_paths.len() < MAX_CHANGED_PATHS {
+                self.summary.changed_paths.push(local.record.path.clone());
+            } else {
+                self.summary.changed_overflow = true;
+            }
+        }
         self.pending.push((local, is_change));
         if self.pending.len() >= BATCH { self.flush() } else { Ok(()) }
     }

@@ -122,12 +122,48 @@ struct FolderLife {
     overflow_at: Option<u64>,
     /// A full scan was asked for (`tandem scan`).
     full_requested: bool,
-    /// Per peer, at the last plan: does it have everything of the global state?
-    complete: BTreeMap<DeviceId, bool>,
+    /// What the next plan must look at.
+    work: Work,
     /// In sync with every peer it is shared with, as of the last round.
     in_sync: bool,
     /// When it was last known in sync (Unix seconds), while it is not.
     synced_at: Option<u64>,
+}
+
+/// Incremental planning: a round plans the paths that changed since the last plan plus
+/// those still unsettled, instead of the whole folder; a whole-folder pass runs first, and
+/// again whenever a change cannot be listed (a peer's full index, a full rescan with many
+/// changes, a configuration change).
+#[derive(Clone, Debug)]
+struct Work {
+    /// Paths changed, locally or by a peer, since the last plan.
+    news: BTreeSet<RelPath>,
+    /// Only a whole-folder pass will do.
+    full: bool,
+    /// A whole-folder pass has run (before it, nothing is known about the peers).
+    planned_once: bool,
+    /// Paths whose need was not settled at the last plan (pulls, failures, held changes).
+    pending: BTreeSet<RelPath>,
+    /// Per peer: paths where it lacks the global version.
+    missing: BTreeMap<DeviceId, BTreeSet<RelPath>>,
+}
+
+impl Default for Work {
+    fn default() -> Self {
+        Self {
+            news: BTreeSet::new(),
+            full: true,
+            planned_once: false,
+            pending: BTreeSet::new(),
+            missing: BTreeMap::new(),
+        }
+    }
+}
+
+/// What a round plans: everything, or these paths.
+enum PlanScope {
+    All,
+    Paths(BTreeSet<RelPath>),
 }
 
 /// When a peer was last connected, as this daemon saw it.
@@ -410,29 +446,98 @@ impl Inner {
         self.folder_clean.lock().ok().and_then(|m| m.get(folder).map(|e| e.0)).unwrap_or(0)
     }
 
-    /// Records that a plan made at news counter `seen` had `clean` (no steps), and which
-    /// peers had everything.
-    fn set_clean(
-        &self,
-        folder: &FolderId,
-        seen: u64,
-        clean: bool,
-        complete: BTreeMap<DeviceId, bool>,
-    ) {
+    /// Records that a plan made at news counter `seen` had `clean` (no steps).
+    fn set_clean(&self, folder: &FolderId, seen: u64, clean: bool) {
         if let Ok(mut map) = self.folder_clean.lock() {
             let entry = map.entry(folder.clone()).or_default();
             entry.1 = clean.then_some(seen);
         }
-        self.life(folder, |life| life.complete = complete);
     }
 
     /// Whether `peer` had everything of `folder` at the last plan.
     fn peer_complete(&self, folder: &FolderId, peer: &DeviceId) -> bool {
-        self.life(folder, |life| life.complete.get(peer).copied().unwrap_or(false)).unwrap_or(false)
+        self.life(folder, |life| {
+            life.work.planned_once && life.work.missing.get(peer).is_none_or(BTreeSet::is_empty)
+        })
+        .unwrap_or(false)
     }
 
-    /// New peer records for `folder`: whatever the runner planned before is stale.
-    pub(crate) fn peer_news(&self, folder: &FolderId) {
+    /// These paths of `folder` changed: the next plan looks at them.
+    pub(crate) fn note_changed<'p>(
+        &self,
+        folder: &FolderId,
+        paths: impl IntoIterator<Item = &'p RelPath>,
+    ) {
+        self.life(folder, |life| {
+            if life.work.full {
+                return;
+            }
+            life.work.news.extend(paths.into_iter().cloned());
+            if life.work.news.len() > MAX_DIRTY {
+                life.work.full = true;
+                life.work.news.clear();
+            }
+        });
+    }
+
+    /// The next plan of `folder` must look at every path.
+    pub fn plan_everything(&self, folder: &FolderId) {
+        self.life(folder, |life| {
+            life.work.full = true;
+            life.work.news.clear();
+        });
+    }
+
+    /// What the next plan covers (taking the news).
+    fn take_work(&self, folder: &FolderId) -> PlanScope {
+        self.life(folder, |life| {
+            let work = &mut life.work;
+            if std::mem::take(&mut work.full) {
+                work.news.clear();
+                return PlanScope::All;
+            }
+            let mut paths = std::mem::take(&mut work.news);
+            paths.extend(work.pending.iter().cloned());
+            PlanScope::Paths(paths)
+        })
+        .unwrap_or(PlanScope::All)
+    }
+
+    /// What a plan found: the unsettled paths and what each peer lacks, among the checked
+    /// paths (every path after a whole-folder pass).
+    fn settle_work(&self, folder: &FolderId, planned: &Planned) {
+        self.life(folder, |life| {
+            let work = &mut life.work;
+            match &planned.checked {
+                None => {
+                    work.pending = planned.pending.clone();
+                    work.missing = planned.missing.clone();
+                    work.planned_once = true;
+                }
+                Some(checked) => {
+                    for path in checked {
+                        work.pending.remove(path);
+                        for lacks in work.missing.values_mut() {
+                            lacks.remove(path);
+                        }
+                    }
+                    work.pending.extend(planned.pending.iter().cloned());
+                    for (peer, lacks) in &planned.missing {
+                        work.missing.entry(*peer).or_default().extend(lacks.iter().cloned());
+                    }
+                }
+            }
+        });
+    }
+
+    /// New peer records for `folder` (these paths, or all of the peer's records when it
+    /// sent its full index): whatever the runner planned before is stale.
+    pub(crate) fn peer_news(&self, folder: &FolderId, paths: &[RelPath], replaced_all: bool) {
+        if replaced_all {
+            self.plan_everything(folder);
+        } else {
+            self.note_changed(folder, paths);
+        }
         if let Ok(mut map) = self.folder_clean.lock() {
             map.entry(folder.clone()).or_default().0 += 1;
         }
@@ -907,12 +1012,22 @@ pub async fn sync_folder_once(
         }
         inner.set_state(folder, FolderState::Syncing, None);
         let seen = inner.news(folder);
+        let work = inner.take_work(folder);
         let planned = blocking(inner, {
             let cfg = cfg.clone();
-            move |inner| plan_folder(inner, &cfg)
+            move |inner| plan_folder(inner, &cfg, work)
         })
-        .await??;
-        inner.set_clean(folder, seen, planned.plan.steps.is_empty(), planned.complete.clone());
+        .await
+        .and_then(|r| r.map_err(FolderError::from));
+        let planned = match planned {
+            Ok(planned) => planned,
+            Err(e) => {
+                inner.plan_everything(folder); // what was taken is not lost
+                return Err(e);
+            }
+        };
+        inner.settle_work(folder, &planned);
+        inner.set_clean(folder, seen, planned.plan.steps.is_empty());
         let touched: BTreeSet<&str> =
             planned.plan.steps.iter().map(|s| s.path().as_str()).collect();
         inner.retain_step_problems(folder, &touched);
@@ -977,6 +1092,11 @@ async fn scan_scope(
         }
     }
     inner.set_scan_problems(&cfg_id, &summary.issues, paths.as_deref());
+    if summary.changed_overflow {
+        inner.plan_everything(&cfg_id);
+    } else {
+        inner.note_changed(&cfg_id, &summary.changed_paths);
+    }
     inner.life(&cfg_id, |life| {
         life.last_scan = (summary.new, summary.changed, summary.deleted);
     });
@@ -997,8 +1117,12 @@ struct Planned {
     plan: Plan,
     local: BTreeMap<RelPath, LocalRecord>,
     sources: BTreeMap<RelPath, Vec<DeviceId>>,
-    /// Per peer: has it everything of the global state it knows of?
-    complete: BTreeMap<DeviceId, bool>,
+    /// The paths this plan judged (`None`: every path).
+    checked: Option<BTreeSet<RelPath>>,
+    /// Among them, those whose need is not settled.
+    pending: BTreeSet<RelPath>,
+    /// Among them, per peer, those where it lacks the global version.
+    missing: BTreeMap<DeviceId, BTreeSet<RelPath>>,
 }
 
 fn now_secs() -> u64 {
@@ -1008,67 +1132,47 @@ fn now_secs() -> u64 {
 /// Paths per slice when a folder's records are read in slices.
 const SLICE: usize = 4096;
 
-/// Plans in two passes so memory stays bounded by what needs doing, not by the folder's
-/// size: the folder is read in path-ordered slices to find the paths whose need is not
-/// "in sync" (and whether every peer has everything); then only those paths' records are
-/// loaded and planned. The plan is the one a whole-folder plan would make, except that
-/// chunk-reuse hints come only from the planned paths (the puller's chunk table covers the
-/// rest).
-fn plan_folder(inner: &Inner, cfg: &FolderConfig) -> Result<Planned, StoreError> {
+/// Plans `scope`. A whole-folder plan runs in two passes so memory stays bounded by what
+/// needs doing, not by the folder's size: the folder is read in path-ordered slices to find
+/// the paths whose need is not settled (and what each peer lacks); then only those paths'
+/// records are loaded and planned. An incremental plan loads just the given paths. Either
+/// way the plan is the one a whole-folder plan would make, except that chunk-reuse hints
+/// come only from the planned paths (the puller's chunk table covers the rest).
+fn plan_folder(inner: &Inner, cfg: &FolderConfig, scope: PlanScope) -> Result<Planned, StoreError> {
     let folder = cfg.id.as_str();
     let peer_names: Vec<String> = cfg.share.iter().map(ToString::to_string).collect();
-    let mut dirty: Vec<RelPath> = Vec::new();
-    let mut peers_complete = vec![true; cfg.share.len()];
-    inner.index.for_each_slice(folder, &peer_names, SLICE, |slice| {
-        let local: Records =
-            slice.local.into_iter().map(|l| (l.record.path.clone(), l.record)).collect();
-        let peers: Vec<Records> = slice
-            .peers
-            .into_iter()
-            .map(|records| records.into_iter().map(|r| (r.path.clone(), r)).collect())
-            .collect();
-        let refs: Vec<&Records> = peers.iter().collect();
-        let global = GlobalState::build(cfg.mode, &local, &refs);
-        let paths: BTreeSet<&RelPath> =
-            local.keys().chain(global.iter().map(|r| r.path())).collect();
-        for path in paths {
-            let settled = matches!(
-                need(cfg.mode, local.get(path), global.get(path)),
-                Need::InSync | Need::Ahead
-            );
-            if !settled {
-                dirty.push(path.clone());
-            }
+    let mut pending: BTreeSet<RelPath> = BTreeSet::new();
+    let mut missing: BTreeMap<DeviceId, BTreeSet<RelPath>> = BTreeMap::new();
+    let checked = match scope {
+        PlanScope::All => {
+            inner.index.for_each_slice(folder, &peer_names, SLICE, |slice| {
+                let local: Records =
+                    slice.local.into_iter().map(|l| (l.record.path.clone(), l.record)).collect();
+                let peers: Vec<(DeviceId, Records)> = cfg
+                    .share
+                    .iter()
+                    .copied()
+                    .zip(slice.peers)
+                    .map(|(id, records)| {
+                        (id, records.into_iter().map(|r| (r.path.clone(), r)).collect())
+                    })
+                    .collect();
+                judge(cfg.mode, &local, &peers, &mut pending, &mut missing);
+            })?;
+            None
         }
-        for (complete, records) in peers_complete.iter_mut().zip(&peers) {
-            *complete = *complete && peer_needs_nothing(records, &global);
+        PlanScope::Paths(paths) => {
+            let (local, peers) =
+                load_paths(inner, cfg, &peer_names, with_ancestors(paths.iter().cloned()))?;
+            let records: Records =
+                local.iter().map(|(p, l)| (p.clone(), l.record.clone())).collect();
+            judge(cfg.mode, &records, &peers, &mut pending, &mut missing);
+            Some(paths)
         }
-    })?;
+    };
     // the planner checks that a path's parent is a directory: ancestors come along
-    let mut wanted: BTreeSet<RelPath> = BTreeSet::new();
-    for path in dirty {
-        let mut at = path.parent();
-        while let Some(parent) = at {
-            if !wanted.insert(parent.clone()) {
-                break;
-            }
-            at = parent.parent();
-        }
-        wanted.insert(path);
-    }
-    let mut local = BTreeMap::new();
-    let mut peers: Vec<(DeviceId, Records)> =
-        cfg.share.iter().map(|p| (*p, Records::new())).collect();
-    for path in &wanted {
-        if let Some(l) = inner.index.record(folder, path)? {
-            local.insert(path.clone(), l);
-        }
-        for ((_, records), name) in peers.iter_mut().zip(&peer_names) {
-            if let Some(r) = inner.index.peer_record(folder, name, path)? {
-                records.insert(path.clone(), r);
-            }
-        }
-    }
+    let (local, peers) =
+        load_paths(inner, cfg, &peer_names, with_ancestors(pending.iter().cloned()))?;
     let local_records: Records = local.iter().map(|(p, l)| (p.clone(), l.record.clone())).collect();
     let peer_refs: Vec<&Records> = peers.iter().map(|(_, r)| r).collect();
     let global = GlobalState::build(cfg.mode, &local_records, &peer_refs);
@@ -1080,8 +1184,75 @@ fn plan_folder(inner: &Inner, cfg: &FolderConfig) -> Result<Planned, StoreError>
     };
     let plan = plan(&local_records, &global, &config);
     let sources = pull_sources(&plan, &peers);
-    let complete = cfg.share.iter().copied().zip(peers_complete).collect();
-    Ok(Planned { plan, local, sources, complete })
+    Ok(Planned { plan, local, sources, checked, pending, missing })
+}
+
+/// Local records by path, as the executor checks them against the disk.
+type LocalMap = BTreeMap<RelPath, LocalRecord>;
+
+/// `paths` and all their ancestors.
+fn with_ancestors(paths: impl Iterator<Item = RelPath>) -> BTreeSet<RelPath> {
+    let mut wanted = BTreeSet::new();
+    for path in paths {
+        let mut at = path.parent();
+        while let Some(parent) = at {
+            if !wanted.insert(parent.clone()) {
+                break;
+            }
+            at = parent.parent();
+        }
+        wanted.insert(path);
+    }
+    wanted
+}
+
+/// The local and peer records of `paths`.
+fn load_paths(
+    inner: &Inner,
+    cfg: &FolderConfig,
+    peer_names: &[String],
+    paths: BTreeSet<RelPath>,
+) -> Result<(LocalMap, Vec<(DeviceId, Records)>), StoreError> {
+    let folder = cfg.id.as_str();
+    let mut local = BTreeMap::new();
+    let mut peers: Vec<(DeviceId, Records)> =
+        cfg.share.iter().map(|p| (*p, Records::new())).collect();
+    for path in paths {
+        for ((_, records), name) in peers.iter_mut().zip(peer_names) {
+            if let Some(r) = inner.index.peer_record(folder, name, &path)? {
+                records.insert(path.clone(), r);
+            }
+        }
+        if let Some(l) = inner.index.record(folder, &path)? {
+            local.insert(path, l);
+        }
+    }
+    Ok((local, peers))
+}
+
+/// For every path in `local` and `peers`: is this device's need settled, and which peers
+/// lack the global version?
+fn judge(
+    mode: FolderMode,
+    local: &Records,
+    peers: &[(DeviceId, Records)],
+    pending: &mut BTreeSet<RelPath>,
+    missing: &mut BTreeMap<DeviceId, BTreeSet<RelPath>>,
+) {
+    let refs: Vec<&Records> = peers.iter().map(|(_, r)| r).collect();
+    let global = GlobalState::build(mode, local, &refs);
+    let paths: BTreeSet<&RelPath> = local.keys().chain(global.iter().map(|r| r.path())).collect();
+    for path in paths {
+        let settled = |n: Need| matches!(n, Need::InSync | Need::Ahead);
+        if !settled(need(mode, local.get(path), global.get(path))) {
+            pending.insert(path.clone());
+        }
+        for (peer, records) in peers {
+            if !settled(need(FolderMode::SendReceive, records.get(path), global.get(path))) {
+                missing.entry(*peer).or_default().insert(path.clone());
+            }
+        }
+    }
 }
 
 /// For each file to pull, the peers that announced the same content.
@@ -1121,15 +1292,4 @@ pub fn folder_in_sync(
         }
     }
     Ok(true)
-}
-
-fn peer_needs_nothing(records: &Records, global: &GlobalState<'_>) -> bool {
-    let paths: BTreeSet<&RelPath> = records.keys().chain(global.iter().map(|r| r.path())).collect();
-    paths.into_iter().all(|path| {
-        let theirs: Option<&FileRecord> = records.get(path);
-        matches!(
-            need(FolderMode::SendReceive, theirs, global.get(path)),
-            Need::InSync | Need::Ahead
-        )
-    })
 }

@@ -314,7 +314,8 @@ async fn receive(
             )));
         }
         store_batch(inner, &peer_key, share.index_id, &batch)?;
-        inner.peer_news(&batch.folder);
+        let paths: Vec<_> = batch.records.iter().map(|r| r.path.clone()).collect();
+        inner.peer_news(&batch.folder, &paths, batch.first);
     }
 }
 
