@@ -51,6 +51,18 @@ for side in a b; do
       side, files, 100 * c / hz / (t1 - t0), rss / 1024, hwm / 1024 }'
 done
 echo "index_bytes=$(stat -c %s $W/a/index.redb) per_file=$(( $(stat -c %s $W/a/index.redb) / FILES ))"
+# steady state: restart both daemons on the synced folders, then measure idle again
+kill -TERM $PA $PB; wait $PA $PB 2>/dev/null || true
+$B --home $W/a serve --log-level warn 2>>$W/a.log & PA=$!
+$B --home $W/b serve --log-level warn 2>>$W/b.log & PB=$!
+until $B --home $W/a status --check >/dev/null 2>&1 && $B --home $W/b status --check >/dev/null 2>&1; do sleep 1; done
+sleep 30
+a0=$(ticks $PA); t0=$(date +%s.%N); sleep 60; a1=$(ticks $PA); t1=$(date +%s.%N)
+awk -v files=$FILES -v c=$((a1 - a0)) -v hz=$HZ -v t0=$t0 -v t1=$t1 \
+    -v rss=$(kb $PA VmRSS) -v hwm=$(kb $PA VmHWM) 'BEGIN {
+  printf "tandem_idle_after_restart side=a files=%d cpu_pct=%.3f rss_mib=%.1f hwm_mib=%.1f\n",
+    files, 100 * c / hz / (t1 - t0), rss / 1024, hwm / 1024 }'
+
 W=$W python3 - <<'PY'
 import os, time, statistics
 vals = []
