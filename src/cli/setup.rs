@@ -175,6 +175,16 @@ pub(super) fn folder(home: &Home, cmd: FolderCommand) -> anyhow::Result<()> {
             let folder_id = parse_folder_id(&folder_id)?;
             let share = share.iter().map(|d| device(d)).collect::<anyhow::Result<Vec<_>>>()?;
             config.add_folder(folder_id.clone(), &path, mode)?;
+            let added = &config.folder(&folder_id)?.path;
+            if let Some(home_dir) = home.canonical()
+                && added.starts_with(&home_dir)
+            {
+                anyhow::bail!(
+                    "{} is tandem's home {} or inside it: syncing it would copy this device's private key and index; pick a folder outside the home",
+                    added.display(),
+                    home_dir.display()
+                );
+            }
             for device in share {
                 config.share_folder(&folder_id, device)?;
             }

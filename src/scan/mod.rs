@@ -62,6 +62,16 @@ pub enum ScanError {
         /// The root.
         root: PathBuf,
     },
+    /// The folder is tandem's home, or inside it: scanning it would sync the private key.
+    #[error(
+        "folder {root} is inside tandem's home {home}: not scanning it (its private key and index must never be synced); move the folder or use another --home"
+    )]
+    InsideHome {
+        /// The root.
+        root: PathBuf,
+        /// The home.
+        home: PathBuf,
+    },
     /// `.tandemignore` could not be parsed.
     #[error("{root}/.tandemignore: {source}")]
     Ignore {
@@ -172,6 +182,7 @@ enum Found {
 /// Scans one folder and brings its index up to date.
 pub fn scan_folder(index: &Index, target: &ScanTarget<'_>) -> Result<ScanSummary, ScanError> {
     let started = Instant::now();
+    check_not_home(target)?;
     check_root(target.root)?;
     let filter = Filter::new(target.root, target.skip_dir.clone())
         .map_err(|source| ScanError::Ignore { root: target.root.to_path_buf(), source })?;
@@ -196,6 +207,7 @@ pub fn scan_paths(
     paths: &[RelPath],
 ) -> Result<ScanSummary, ScanError> {
     let started = Instant::now();
+    check_not_home(target)?;
     check_root(target.root)?;
     if !target.root.join(MARKER).is_file() {
         return scan_folder(index, target);
@@ -303,6 +315,16 @@ fn check_marker(root: &Path, existing: &KnownMap) -> Result<(), ScanError> {
         path: root.into(),
         reason: format!("cannot create {MARKER}: {e}"),
     })
+}
+
+/// Refuses a root that is the home (`skip_dir`) or lies inside it.
+fn check_not_home(target: &ScanTarget<'_>) -> Result<(), ScanError> {
+    match &target.skip_dir {
+        Some(home) if target.root.starts_with(home) => {
+            Err(ScanError::InsideHome { root: target.root.to_path_buf(), home: home.clone() })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_root(root: &Path) -> Result<(), ScanError> {

@@ -142,3 +142,15 @@ fn usage_errors_exit_with_2() {
     me.fails(&["frobnicate"], 2);
     me.fails(&["folder", "add", "x", "/tmp", "--mode", "sideways"], 2);
 }
+
+#[test]
+fn a_folder_that_is_the_home_or_inside_it_is_refused() {
+    let d = Device::new();
+    let home = d.home();
+    let err = d.fails(&["folder", "add", "h", home.to_str().unwrap()], 1);
+    assert!(err.contains("private key"), "{err}");
+    std::fs::create_dir(home.join("inner")).unwrap();
+    let err = d.fails(&["folder", "add", "i", home.join("inner").to_str().unwrap()], 1);
+    assert!(err.contains("inside"), "{err}");
+    assert!(!d.ok(&["folder", "list"]).contains(" h "), "the refused folder was saved");
+}
