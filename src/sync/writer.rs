@@ -403,9 +403,24 @@ fn trash_stamp() -> String {
     tandem_proto::rules::format_timestamp(secs)
 }
 
+/// The time `ns` nanoseconds after (or, negative, before) the epoch: files from before 1970
+/// keep their mtime.
 fn system_time(ns: i64) -> std::time::SystemTime {
-    match u64::try_from(ns) {
-        Ok(ns) => UNIX_EPOCH + Duration::from_nanos(ns),
-        Err(_) => UNIX_EPOCH,
+    let offset = Duration::from_nanos(ns.unsigned_abs());
+    let time =
+        if ns >= 0 { UNIX_EPOCH.checked_add(offset) } else { UNIX_EPOCH.checked_sub(offset) };
+    time.unwrap_or(UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtimes_before_the_epoch_are_kept() {
+        let t = system_time(-315_619_200_000_000_000); // 1960-01-01
+        assert_eq!(UNIX_EPOCH.duration_since(t).unwrap(), Duration::from_secs(315_619_200));
+        assert_eq!(system_time(1_500_000_000), UNIX_EPOCH + Duration::from_millis(1500));
+        assert_eq!(system_time(i64::MIN), UNIX_EPOCH - Duration::from_nanos(1 << 63));
     }
 }
