@@ -41,9 +41,16 @@ impl StatKey {
         }
     }
 
-    /// This key, marked racy when its mtime or ctime is within `window_ns` of `now_ns`.
+    /// This key, marked racy when its mtime or ctime lies within `window_ns` before `now_ns`.
+    ///
+    /// A ctime ahead of `now_ns` (the clock stepped back) counts as racy too. An mtime ahead
+    /// does not: it was set explicitly (a peer's clock, `touch -d`), a later write moves it
+    /// back to now and a later explicit reset moves ctime, so either is seen; counting it
+    /// racy would reread every future-dated file on every scan.
     pub fn with_racy_check(mut self, now_ns: i64, window_ns: i64) -> Self {
-        self.racy = now_ns.saturating_sub(self.mtime_ns.max(self.ctime_ns)) < window_ns;
+        let since_mtime = now_ns.saturating_sub(self.mtime_ns);
+        let since_ctime = now_ns.saturating_sub(self.ctime_ns);
+        self.racy = since_ctime < window_ns || (0..window_ns).contains(&since_mtime);
         self
     }
 
@@ -98,6 +105,16 @@ mod tests {
         assert!(stored.racy);
         assert!(!key().unchanged(&stored));
         assert!(!key().with_racy_check(10_000, 1_000).racy);
+    }
+
+    #[test]
+    fn only_a_recent_or_future_ctime_or_a_recent_mtime_is_racy() {
+        let future_mtime = StatKey { mtime_ns: 1_000_000, ..key() };
+        assert!(!future_mtime.with_racy_check(10_000, 1_000).racy);
+        assert!(future_mtime.with_racy_check(7, 1_000).racy, "ctime is recent");
+        let future_ctime = StatKey { ctime_ns: 1_000_000, ..key() };
+        assert!(future_ctime.with_racy_check(10_000, 1_000).racy);
+        assert!(StatKey { mtime_ns: 9_500, ..key() }.with_racy_check(10_000, 1_000).racy);
     }
 
     #[test]
