@@ -42,6 +42,16 @@ pub enum WalkItem {
     },
 }
 
+/// True for the names tandem gives its own temp files: `.tandem-tmp-<name>-<16 hex>` for a
+/// download, `.tandem-tmp-link-<64 hex>` for a symlink. Other names that merely start with
+/// the prefix belong to the user: never synced (the prefix is reserved) but never removed.
+pub fn is_own_temp(name: &str) -> bool {
+    let tag = name.strip_prefix(TEMP_PREFIX).and_then(|rest| rest.rsplit_once('-'));
+    tag.is_some_and(|(_, tag)| {
+        matches!(tag.len(), 16 | 64) && tag.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 /// What to leave out of a walk.
 pub struct Filter {
     root: PathBuf,
@@ -73,14 +83,34 @@ impl Filter {
     }
 }
 
-/// Walks `root`, calling `visit` for every entry and problem, in directory order.
+/// Walks `root`, calling `visit` for every entry and problem, in directory order. A user's
+/// entry whose name starts with the temp-file prefix is reported (after the walk) as not
+/// synced.
 pub fn walk(root: &Path, filter: &Filter, mut visit: impl FnMut(WalkItem)) {
+    let mut reserved = Vec::new();
     let walker = WalkDir::new(root).follow_links(false).min_depth(1).into_iter();
-    for next in walker.filter_entry(|e| !excluded(root, filter, e)) {
+    let kept = walker.filter_entry(|e| {
+        let excluded = excluded(root, filter, e);
+        let name = e.file_name().to_string_lossy();
+        if excluded && name.starts_with(TEMP_PREFIX) && !is_own_temp(&name) {
+            reserved.push(e.path().strip_prefix(root).unwrap_or(e.path()).to_path_buf());
+        }
+        !excluded
+    });
+    for next in kept {
         match next {
             Ok(entry) => visit(entry_item(root, &entry)),
             Err(err) => visit(error_item(root, &err)),
         }
+    }
+    for path in reserved {
+        visit(WalkItem::Problem {
+            path: path.to_string_lossy().into_owned(),
+            error: format!(
+                "names starting with {TEMP_PREFIX} are reserved for tandem's temp files: not synced"
+            ),
+            unknown_subtree: None,
+        });
     }
 }
 
@@ -124,4 +154,25 @@ pub fn relative(root: &Path, abs: &Path) -> Result<RelPath, String> {
     let rel = abs.strip_prefix(root).map_err(|_| "outside the folder root".to_string())?;
     let text = rel.to_str().ok_or_else(|| "name is not valid UTF-8: not synced".to_string())?;
     RelPath::new(text).map_err(|e| format!("unsupported name: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tandem_s_own_temp_names_count_as_its_temp_files() {
+        assert!(is_own_temp(".tandem-tmp-report.txt-0123456789abcdef"));
+        assert!(is_own_temp(".tandem-tmp-a-b-c-0123456789abcdef"));
+        assert!(is_own_temp(&format!(".tandem-tmp-link-{}", "ab".repeat(32))));
+        for user in [
+            ".tandem-tmp-notes.txt",
+            ".tandem-tmp-x-nothex0123456789",
+            ".tandem-tmp-x-0123456789ABCDEF",
+            ".tandem-tmp-x-0123456789abcde",
+            "x.tandem-tmp-y-0123456789abcdef",
+        ] {
+            assert!(!is_own_temp(user), "{user}");
+        }
+    }
 }

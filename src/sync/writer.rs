@@ -15,7 +15,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tandem_proto::model::{EntryKind, FileRecord, Hash, RelPath};
 
-use crate::scan::walk::{STATE_DIR, TEMP_PREFIX};
+use crate::scan::walk::{STATE_DIR, TEMP_PREFIX, is_own_temp};
 use crate::store::{LocalRecord, StatKey};
 
 /// Why applying a change failed. None of these leave a partial file under a real name.
@@ -235,13 +235,14 @@ impl FolderFs {
     }
 
     /// Removes tandem's temp files not touched for `max_age` (interrupted transfers whose
-    /// version was never resumed); younger ones stay to be resumed. Returns how many went.
+    /// version was never resumed); younger ones stay to be resumed, and a user's file that
+    /// only shares the prefix is never touched. Returns how many went.
     pub fn clean_stale_temps(&self, max_age: Duration) -> usize {
         let cutoff = std::time::SystemTime::now() - max_age;
         let walker = walkdir::WalkDir::new(&self.root).follow_links(false).into_iter();
         let mut removed = 0;
         for entry in walker.filter_entry(|e| e.file_name() != STATE_DIR).flatten() {
-            let is_temp = entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX);
+            let is_temp = is_own_temp(&entry.file_name().to_string_lossy());
             let stale =
                 entry.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| t < cutoff);
             if is_temp
