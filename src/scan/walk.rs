@@ -105,7 +105,7 @@ pub fn walk(root: &Path, filter: &Filter, mut visit: impl FnMut(WalkItem)) {
     }
     for path in reserved {
         visit(WalkItem::Problem {
-            path: path.to_string_lossy().into_owned(),
+            path: printable(&path),
             error: format!(
                 "names starting with {TEMP_PREFIX} are reserved for tandem's temp files: not synced"
             ),
@@ -122,8 +122,7 @@ fn excluded(root: &Path, filter: &Filter, entry: &walkdir::DirEntry) -> bool {
 }
 
 fn entry_item(root: &Path, entry: &walkdir::DirEntry) -> WalkItem {
-    let display =
-        || entry.path().strip_prefix(root).unwrap_or(entry.path()).to_string_lossy().into_owned();
+    let display = || printable(entry.path().strip_prefix(root).unwrap_or(entry.path()));
     let path = match relative(root, entry.path()) {
         Ok(path) => path,
         Err(error) => return WalkItem::Problem { path: display(), error, unknown_subtree: None },
@@ -146,7 +145,19 @@ fn error_item(root: &Path, err: &walkdir::Error) -> WalkItem {
         Some(io) => io.to_string(),
         None => err.to_string(),
     };
-    WalkItem::Problem { path: path.to_string_lossy().into_owned(), error, unknown_subtree }
+    WalkItem::Problem { path: printable(&path), error, unknown_subtree }
+}
+
+/// A path for reports: lossy UTF-8 with control characters escaped (`\n`, `\u{1b}`), so a
+/// file's name can neither break a log line in two nor forge one.
+fn printable(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    if !text.chars().any(char::is_control) {
+        return text.into_owned();
+    }
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 /// The root-relative `RelPath` of an absolute path under `root`.
@@ -174,5 +185,14 @@ mod tests {
         ] {
             assert!(!is_own_temp(user), "{user}");
         }
+    }
+
+    #[test]
+    fn reported_paths_show_control_characters_escaped() {
+        assert_eq!(
+            printable(Path::new("dir/new\nline\t\u{1b}[31m")),
+            "dir/new\\nline\\t\\u{1b}[31m"
+        );
+        assert_eq!(printable(Path::new("plain/日本 name")), "plain/日本 name");
     }
 }
