@@ -213,7 +213,7 @@ impl FolderFs {
             Some(parent) => self.trash_dir().join(parent.as_str()),
             None => self.trash_dir(),
         };
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_at(rel))?;
+        self.make_state_dirs(rel, &dir)?;
         let stamp = trash_stamp();
         let name = rel.file_name();
         let mut candidate = dir.join(format!("{name}.{stamp}"));
@@ -224,6 +224,32 @@ impl FolderFs {
             candidate = dir.join(format!("{name}.{stamp}.{n}"));
         }
         Ok(candidate)
+    }
+
+    /// Makes `dir` (below the root) and its missing parents, refusing anything on the way
+    /// that is not a real directory: a symlinked `.tandem` or trash would move the user's
+    /// files out of the folder, a file in the way would fail with a puzzling error.
+    fn make_state_dirs(&self, rel: &RelPath, dir: &Path) -> Result<(), ApplyError> {
+        let below = dir.strip_prefix(&self.root).unwrap_or(dir);
+        let mut at = self.root.clone();
+        for part in below.components() {
+            at.push(part);
+            let made = match fs::symlink_metadata(&at) {
+                Ok(meta) => Ok(meta.is_dir()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    match fs::DirBuilder::new().mode(0o700).create(&at) {
+                        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+                        _ => Ok(fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir())),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            if !made.map_err(io_at(rel))? {
+                let parent = at.strip_prefix(&self.root).unwrap_or(&at).display().to_string();
+                return Err(ApplyError::UnsafeParent { path: rel.clone(), parent });
+            }
+        }
+        Ok(())
     }
 
     /// Moves what is at `rel` (a file or symlink) to the trash; returns where it went.
@@ -260,6 +286,10 @@ impl FolderFs {
     pub fn purge_trash(&self, days: u64) -> usize {
         let cutoff =
             std::time::SystemTime::now() - Duration::from_secs(days.saturating_mul(86_400));
+        let real_dir = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+        if !real_dir(&self.root.join(STATE_DIR)) || !real_dir(&self.trash_dir()) {
+            return 0; // missing, or a symlink that could lead anywhere: nothing of ours to purge
+        }
         let mut removed = 0;
         for entry in
             walkdir::WalkDir::new(self.trash_dir()).contents_first(true).into_iter().flatten()
@@ -423,5 +453,30 @@ mod tests {
         assert_eq!(UNIX_EPOCH.duration_since(t).unwrap(), Duration::from_secs(315_619_200));
         assert_eq!(system_time(1_500_000_000), UNIX_EPOCH + Duration::from_millis(1500));
         assert_eq!(system_time(i64::MIN), UNIX_EPOCH - Duration::from_nanos(1 << 63));
+    }
+
+    #[test]
+    fn a_trash_that_is_a_symlink_or_a_file_is_neither_written_through_nor_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+        fs::create_dir_all(root.join(".tandem")).unwrap();
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("precious"), b"not ours").unwrap();
+        fs::write(root.join("sub/gone.txt"), b"kept").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join(".tandem/trash")).unwrap();
+        let fs = FolderFs::new(root.clone());
+        let rel = RelPath::new("sub/gone.txt").unwrap();
+        let err = fs.move_to_trash(&rel).unwrap_err();
+        assert!(err.to_string().contains("parent .tandem/trash is not a real directory"), "{err}");
+        assert_eq!(fs.purge_trash(0), 0);
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "written or purged through it");
+        fs::remove_file(root.join(".tandem/trash")).unwrap();
+        fs::write(root.join(".tandem/trash"), b"a file in the way").unwrap();
+        assert!(matches!(fs.move_to_trash(&rel), Err(ApplyError::UnsafeParent { .. })));
+        assert_eq!(fs::read(root.join("sub/gone.txt")).unwrap(), b"kept");
+        fs::remove_file(root.join(".tandem/trash")).unwrap();
+        let kept = fs.move_to_trash(&rel).unwrap();
+        assert!(kept.starts_with(root.join(".tandem/trash/sub")), "{}", kept.display());
     }
 }
