@@ -59,6 +59,14 @@ pub enum ApplyError {
     /// A directory to delete still has entries.
     #[error("{0}: directory not empty; kept")]
     NotEmpty(RelPath),
+    /// Something tandem does not sync (a fifo, socket or device node) is in the way.
+    #[error("{path}: a {kind} is in the way; tandem does not sync or replace those, so it is kept")]
+    InTheWay {
+        /// The path.
+        path: RelPath,
+        /// What is there.
+        kind: &'static str,
+    },
 }
 
 /// Attaches a path to an IO error.
@@ -119,7 +127,12 @@ impl FolderFs {
         indexed: Option<&LocalRecord>,
     ) -> Result<(), ApplyError> {
         self.check_parents(rel)?;
-        let current = self.stat(rel)?.map(|m| StatKey::from_metadata(&m));
+        let meta = self.stat(rel)?;
+        if let Some(kind) = meta.as_ref().and_then(unsyncable_kind) {
+            // the scanner skips it, so "rescan and decide again" would loop forever
+            return Err(ApplyError::InTheWay { path: rel.clone(), kind });
+        }
+        let current = meta.map(|m| StatKey::from_metadata(&m));
         let expected = indexed.filter(|l| !l.record.deleted);
         let same = match (current, expected) {
             (None, None) => true,
@@ -419,6 +432,25 @@ impl FolderFs {
     /// fsynced (the sync runner does that once per batch, before committing the index).
     pub fn parent_dir(&self, rel: &RelPath) -> PathBuf {
         rel.parent().map(|p| self.abs(&p)).unwrap_or_else(|| self.root.clone())
+    }
+}
+
+/// What an entry is when it is none of the kinds tandem syncs.
+fn unsyncable_kind(meta: &fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_file() || t.is_dir() || t.is_symlink() {
+        None
+    } else if t.is_fifo() {
+        Some("fifo")
+    } else if t.is_socket() {
+        Some("socket")
+    } else if t.is_char_device() {
+        Some("character device")
+    } else if t.is_block_device() {
+        Some("block device")
+    } else {
+        Some("special file")
     }
 }
 
