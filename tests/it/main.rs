@@ -8,6 +8,7 @@
 mod cli;
 mod conflicts;
 mod hostile;
+mod hostile_fs;
 mod scan;
 mod status;
 mod support;
