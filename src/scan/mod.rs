@@ -357,7 +357,8 @@ fn walk_folder(
             if meta.file_type().is_file() || meta.is_dir() || meta.file_type().is_symlink() {
                 seen.insert(path.to_string());
             }
-            if old.is_some_and(|o| !o.deleted && o.stat.unchanged(&stat)) {
+            // the stored key is the argument: its racy flag forces a read
+            if old.is_some_and(|o| !o.deleted && stat.unchanged(&o.stat)) {
                 return;
             }
             // A failed send means the writer stopped on an error it will report.

@@ -42,6 +42,16 @@ pub enum WalkItem {
     },
 }
 
+/// True for the names tandem gives its own temp files: `.tandem-tmp-<name>-<16 hex>` for a
+/// download, `.tandem-tmp-link-<64 hex>` for a symlink. Other names that merely start with
+/// the prefix belong to the user: never synced (the prefix is reserved) but never removed.
+pub fn is_own_temp(name: &str) -> bool {
+    let tag = name.strip_prefix(TEMP_PREFIX).and_then(|rest| rest.rsplit_once('-'));
+    tag.is_some_and(|(_, tag)| {
+        matches!(tag.len(), 16 | 64) && tag.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 /// What to leave out of a walk.
 pub struct Filter {
     root: PathBuf,
@@ -73,7 +83,9 @@ impl Filter {
     }
 }
 
-/// Walks `root`, calling `visit` for every entry and problem, in directory order.
+/// Walks `root`, calling `visit` for every entry and problem, in directory order. A user's
+/// entry whose name starts with the temp-file prefix is reported (after the walk) as not
+/// synced.
 pub fn walk(root: &Path, filter: &Filter, visit: impl FnMut(WalkItem)) {
     walk_from(root, root, 1, filter, visit);
 }
@@ -94,12 +106,30 @@ fn walk_from(
     filter: &Filter,
     mut visit: impl FnMut(WalkItem),
 ) {
+    let mut reserved = Vec::new();
     let walker = WalkDir::new(start).follow_links(false).min_depth(min_depth).into_iter();
-    for next in walker.filter_entry(|e| !excluded(root, filter, e)) {
+    let kept = walker.filter_entry(|e| {
+        let excluded = excluded(root, filter, e);
+        let name = e.file_name().to_string_lossy();
+        if excluded && name.starts_with(TEMP_PREFIX) && !is_own_temp(&name) {
+            reserved.push(e.path().strip_prefix(root).unwrap_or(e.path()).to_path_buf());
+        }
+        !excluded
+    });
+    for next in kept {
         match next {
             Ok(entry) => visit(entry_item(root, &entry)),
             Err(err) => visit(error_item(root, &err)),
         }
+    }
+    for path in reserved {
+        visit(WalkItem::Problem {
+            path: printable(&path),
+            error: format!(
+                "names starting with {TEMP_PREFIX} are reserved for tandem's temp files: not synced"
+            ),
+            unknown_subtree: None,
+        });
     }
 }
 
@@ -111,8 +141,7 @@ fn excluded(root: &Path, filter: &Filter, entry: &walkdir::DirEntry) -> bool {
 }
 
 fn entry_item(root: &Path, entry: &walkdir::DirEntry) -> WalkItem {
-    let display =
-        || entry.path().strip_prefix(root).unwrap_or(entry.path()).to_string_lossy().into_owned();
+    let display = || printable(entry.path().strip_prefix(root).unwrap_or(entry.path()));
     let path = match relative(root, entry.path()) {
         Ok(path) => path,
         Err(error) => return WalkItem::Problem { path: display(), error, unknown_subtree: None },
@@ -135,7 +164,19 @@ fn error_item(root: &Path, err: &walkdir::Error) -> WalkItem {
         Some(io) => io.to_string(),
         None => err.to_string(),
     };
-    WalkItem::Problem { path: path.to_string_lossy().into_owned(), error, unknown_subtree }
+    WalkItem::Problem { path: printable(&path), error, unknown_subtree }
+}
+
+/// A path for reports: lossy UTF-8 with control characters escaped (`\n`, `\u{1b}`), so a
+/// file's name can neither break a log line in two nor forge one.
+fn printable(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    if !text.chars().any(char::is_control) {
+        return text.into_owned();
+    }
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 /// The root-relative `RelPath` of an absolute path under `root`.
@@ -143,4 +184,34 @@ pub fn relative(root: &Path, abs: &Path) -> Result<RelPath, String> {
     let rel = abs.strip_prefix(root).map_err(|_| "outside the folder root".to_string())?;
     let text = rel.to_str().ok_or_else(|| "name is not valid UTF-8: not synced".to_string())?;
     RelPath::new(text).map_err(|e| format!("unsupported name: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tandem_s_own_temp_names_count_as_its_temp_files() {
+        assert!(is_own_temp(".tandem-tmp-report.txt-0123456789abcdef"));
+        assert!(is_own_temp(".tandem-tmp-a-b-c-0123456789abcdef"));
+        assert!(is_own_temp(&format!(".tandem-tmp-link-{}", "ab".repeat(32))));
+        for user in [
+            ".tandem-tmp-notes.txt",
+            ".tandem-tmp-x-nothex0123456789",
+            ".tandem-tmp-x-0123456789ABCDEF",
+            ".tandem-tmp-x-0123456789abcde",
+            "x.tandem-tmp-y-0123456789abcdef",
+        ] {
+            assert!(!is_own_temp(user), "{user}");
+        }
+    }
+
+    #[test]
+    fn reported_paths_show_control_characters_escaped() {
+        assert_eq!(
+            printable(Path::new("dir/new\nline\t\u{1b}[31m")),
+            "dir/new\\nline\\t\\u{1b}[31m"
+        );
+        assert_eq!(printable(Path::new("plain/日本 name")), "plain/日本 name");
+    }
 }

@@ -11,7 +11,8 @@ mod slices;
 mod stat;
 mod tables;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
 
 use redb::{
     Builder, ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
@@ -21,7 +22,7 @@ use tandem_proto::model::{FileRecord, Hash, RelPath};
 
 pub use records::{Event, EventKind, FolderMeta, LocalRecord, PeerMeta, RecordError};
 pub use slices::Slice;
-pub use stat::StatKey;
+pub use stat::{SYNCED_MODE_BITS, StatKey};
 use tables::{
     CHUNKS, EVENTS, FILES, FOLDER_MODES, FOLDER_SYNCED, FOLDERS, PEER_FILES, PEER_META, SEQUENCES,
 };
@@ -81,7 +82,11 @@ pub struct Index {
 }
 
 enum Db {
-    Write(Database),
+    /// The writer's handle, `None` while it is being reopened after an IO error.
+    Write {
+        path: PathBuf,
+        db: RwLock<Option<Database>>,
+    },
     Read(ReadOnlyDatabase),
 }
 
@@ -103,15 +108,12 @@ impl Index {
 
     /// True when this handle can write.
     pub fn is_writable(&self) -> bool {
-        matches!(self.db, Db::Write(_))
+        matches!(self.db, Db::Write { .. })
     }
 
     /// Opens the index at `path` for writing, creating it if needed.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = builder().create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
-            other => db_err(other),
-        })?;
+        let db = create(path)?;
         let txn = db.begin_write().map_err(db_err)?;
         {
             txn.open_table(FILES).map_err(db_err)?;
@@ -125,14 +127,44 @@ impl Index {
             txn.open_table(FOLDER_SYNCED).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self { db: Db::Write(db) })
+        Ok(Self { db: Db::Write { path: path.to_path_buf(), db: RwLock::new(Some(db)) } })
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
         match &self.db {
-            Db::Write(db) => db.begin_read().map_err(db_err),
+            Db::Write { .. } => self.begin(|db| db.begin_read().map_err(Into::into)),
             Db::Read(db) => db.begin_read().map_err(db_err),
         }
+    }
+
+    /// Begins a transaction on the writer's handle. After an IO error (a full disk, say)
+    /// redb refuses every later transaction until the database is opened again, so a handle
+    /// in that state is closed and the file reopened (redb recovers it to its last durable
+    /// commit): the daemon carries on once the cause is gone instead of failing forever.
+    fn begin<T>(
+        &self,
+        begin: impl Fn(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let Db::Write { path, db } = &self.db else { return Err(StoreError::ReadOnly) };
+        if let Some(open) = db.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            match begin(open) {
+                Err(redb::Error::PreviousIo) => {}
+                other => return other.map_err(StoreError::Db),
+            }
+        }
+        let mut guard = db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = guard.as_ref() {
+            match begin(open) {
+                Err(redb::Error::PreviousIo) => {} // nobody reopened it meanwhile
+                other => return other.map_err(StoreError::Db),
+            }
+        }
+        *guard = None; // closes the handle once its last transaction is gone
+        let reopened = create(path)?;
+        tracing::warn!("index {}: reopened after an earlier IO error", path.display());
+        let result = begin(&reopened).map_err(StoreError::Db);
+        *guard = Some(reopened);
+        result
     }
 
     /// Calls `visit` for every record of `folder` in path order.
@@ -179,6 +211,39 @@ impl Index {
             let (key, value) = entry.map_err(db_err)?;
             let (_, child) = key.value();
             out.push(decode_entry(folder, child, value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The records `peer` announced for `path` and everything below it, in path order.
+    pub fn peer_records_under(
+        &self,
+        folder: &str,
+        peer: &str,
+        path: &RelPath,
+    ) -> Result<Vec<FileRecord>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(PEER_FILES).map_err(db_err)?;
+        let mut out = Vec::new();
+        let (from, to) = (format!("{path}/"), format!("{path}0"));
+        let own = table.get((folder, peer, path.as_str())).map_err(db_err)?;
+        let below = table
+            .range((folder, peer, from.as_str())..(folder, peer, to.as_str()))
+            .map_err(db_err)?;
+        let decode = |key: String, bytes: &[u8]| {
+            records::decode_peer_file(bytes).map_err(|source| StoreError::Corrupt {
+                folder: folder.into(),
+                key,
+                source,
+            })
+        };
+        if let Some(value) = own {
+            out.push(decode(format!("{peer}/{path}"), value.value())?);
+        }
+        for entry in below {
+            let (key, value) = entry.map_err(db_err)?;
+            let (_, _, child) = key.value();
+            out.push(decode(format!("{peer}/{child}"), value.value())?);
         }
         Ok(out)
     }
@@ -330,11 +395,17 @@ impl Index {
 
     /// Starts a batch of writes, committed durably by [`WriteBatch::commit`].
     pub fn write(&self) -> Result<WriteBatch, StoreError> {
-        match &self.db {
-            Db::Write(db) => Ok(WriteBatch { txn: db.begin_write().map_err(db_err)? }),
-            Db::Read(_) => Err(StoreError::ReadOnly),
-        }
+        let txn = self.begin(|db| db.begin_write().map_err(Into::into))?;
+        Ok(WriteBatch { txn })
     }
+}
+
+/// Opens (or creates) the index file for writing.
+fn create(path: &Path) -> Result<Database, StoreError> {
+    builder().create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+        other => db_err(other),
+    })
 }
 
 fn decode_entry(folder: &str, path: &str, bytes: &[u8]) -> Result<LocalRecord, StoreError> {

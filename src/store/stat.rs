@@ -28,6 +28,9 @@ pub struct StatKey {
     pub racy: bool,
 }
 
+/// The mode bits sync records and applies.
+pub const SYNCED_MODE_BITS: u32 = 0o777;
+
 impl StatKey {
     /// The key of an `lstat`/`fstat` result.
     pub fn from_metadata(meta: &Metadata) -> Self {
@@ -41,15 +44,24 @@ impl StatKey {
         }
     }
 
-    /// This key, marked racy when its mtime or ctime is within `window_ns` of `now_ns`.
+    /// This key, marked racy when its mtime or ctime lies within `window_ns` before `now_ns`.
+    ///
+    /// A ctime ahead of `now_ns` (the clock stepped back) counts as racy too. An mtime ahead
+    /// does not: it was set explicitly (a peer's clock, `touch -d`), a later write moves it
+    /// back to now and a later explicit reset moves ctime, so either is seen; counting it
+    /// racy would reread every future-dated file on every scan.
     pub fn with_racy_check(mut self, now_ns: i64, window_ns: i64) -> Self {
-        self.racy = now_ns.saturating_sub(self.mtime_ns.max(self.ctime_ns)) < window_ns;
+        let since_mtime = now_ns.saturating_sub(self.mtime_ns);
+        let since_ctime = now_ns.saturating_sub(self.ctime_ns);
+        self.racy = since_ctime < window_ns || (0..window_ns).contains(&since_mtime);
         self
     }
 
-    /// Permission bits only (`0o7777`).
+    /// The permission bits tandem syncs: read, write and execute for owner, group and
+    /// others (`0o777`). Setuid, setgid and sticky bits are never synced: a peer must not be
+    /// able to plant a setuid program on a receiver that runs as root.
     pub fn permissions(&self) -> u32 {
-        self.mode & 0o7777
+        self.mode & SYNCED_MODE_BITS
     }
 
     /// True when the stored key says the entry is exactly as last scanned.
@@ -98,6 +110,16 @@ mod tests {
         assert!(stored.racy);
         assert!(!key().unchanged(&stored));
         assert!(!key().with_racy_check(10_000, 1_000).racy);
+    }
+
+    #[test]
+    fn only_a_recent_or_future_ctime_or_a_recent_mtime_is_racy() {
+        let future_mtime = StatKey { mtime_ns: 1_000_000, ..key() };
+        assert!(!future_mtime.with_racy_check(10_000, 1_000).racy);
+        assert!(future_mtime.with_racy_check(7, 1_000).racy, "ctime is recent");
+        let future_ctime = StatKey { ctime_ns: 1_000_000, ..key() };
+        assert!(future_ctime.with_racy_check(10_000, 1_000).racy);
+        assert!(StatKey { mtime_ns: 9_500, ..key() }.with_racy_check(10_000, 1_000).racy);
     }
 
     #[test]

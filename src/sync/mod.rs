@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tandem_proto::model::FolderMode;
-use tandem_proto::model::{DeviceId, FileRecord, FolderId, RelPath, ShortId};
+use tandem_proto::model::{DeviceId, EntryKind, FileRecord, FolderId, RelPath, ShortId};
 use tandem_proto::rules::{
     Action, GlobalState, Need, Plan, PlanConfig, Records, is_announced, need, plan, resolve,
 };
@@ -462,12 +462,28 @@ impl Inner {
         .unwrap_or(false)
     }
 
-    /// These paths of `folder` changed: the next plan looks at them.
+    /// These paths of `folder` changed: the next plan looks at them, and a failed step on
+    /// one of them or below one of them is retried at once (its cause may be gone).
     pub(crate) fn note_changed<'p>(
         &self,
         folder: &FolderId,
         paths: impl IntoIterator<Item = &'p RelPath>,
     ) {
+        let paths: Vec<&RelPath> = paths.into_iter().collect();
+        if let Ok(mut map) = self.problems.lock()
+            && let Some(problems) = map.get_mut(folder)
+        {
+            let now = Instant::now();
+            for (path, problem) in problems.iter_mut().filter(|(_, p)| !p.from_scan) {
+                let touched = paths.iter().any(|p| {
+                    path == p.as_str()
+                        || path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
+                });
+                if touched {
+                    problem.retry_at = now;
+                }
+            }
+        }
         self.life(folder, |life| {
             if life.work.full {
                 return;
@@ -1170,9 +1186,10 @@ fn plan_folder(inner: &Inner, cfg: &FolderConfig, scope: PlanScope) -> Result<Pl
             Some(paths)
         }
     };
-    // the planner checks that a path's parent is a directory: ancestors come along
-    let (local, peers) =
-        load_paths(inner, cfg, &peer_names, with_ancestors(pending.iter().cloned()))?;
+    // the planner checks that a path's parent is a directory (ancestors come along) and
+    // decides about a directory from what lies below it (its subtree comes along)
+    let wanted = with_subtrees(inner, folder, &peer_names, &pending)?;
+    let (local, peers) = load_paths(inner, cfg, &peer_names, with_ancestors(wanted.into_iter()))?;
     let local_records: Records = local.iter().map(|(p, l)| (p.clone(), l.record.clone())).collect();
     let peer_refs: Vec<&Records> = peers.iter().map(|(_, r)| r).collect();
     let global = GlobalState::build(cfg.mode, &local_records, &peer_refs);
@@ -1189,6 +1206,36 @@ fn plan_folder(inner: &Inner, cfg: &FolderConfig, scope: PlanScope) -> Result<Pl
 
 /// Local records by path, as the executor checks them against the disk.
 type LocalMap = BTreeMap<RelPath, LocalRecord>;
+
+/// `paths`, and everything below those that are directories here or at a peer.
+fn with_subtrees(
+    inner: &Inner,
+    folder: &str,
+    peer_names: &[String],
+    paths: &BTreeSet<RelPath>,
+) -> Result<BTreeSet<RelPath>, StoreError> {
+    let mut wanted = paths.clone();
+    for path in paths {
+        let dir = |kind: EntryKind| kind == EntryKind::Dir;
+        let mut is_dir = inner.index.record(folder, path)?.is_some_and(|l| dir(l.record.kind));
+        for name in peer_names {
+            is_dir =
+                is_dir || inner.index.peer_record(folder, name, path)?.is_some_and(|r| dir(r.kind));
+        }
+        if !is_dir {
+            continue;
+        }
+        for local in inner.index.records_under(folder, path)? {
+            wanted.insert(local.record.path);
+        }
+        for name in peer_names {
+            for record in inner.index.peer_records_under(folder, name, path)? {
+                wanted.insert(record.path);
+            }
+        }
+    }
+    Ok(wanted)
+}
 
 /// `paths` and all their ancestors.
 fn with_ancestors(paths: impl Iterator<Item = RelPath>) -> BTreeSet<RelPath> {

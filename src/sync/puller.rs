@@ -4,7 +4,8 @@
 //! written, and the whole file's hash is checked before it is installed.
 //!
 //! A partial temp file left by an interrupted transfer is reused: chunks already in it that
-//! verify are not fetched again.
+//! verify are not fetched again. A new temp file starts as one hole, so the zero runs of a
+//! sparse file are neither fetched nor written: they stay holes.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -62,9 +63,16 @@ pub(crate) async fn pull_file(inner: &Arc<Inner>, job: PullJob) -> Result<(), Ap
 fn prepare(inner: &Inner, job: &PullJob) -> Result<(File, Vec<ChunkRef>), ApplyError> {
     let (file, existed) = job.fs.open_temp(&job.record)?;
     let mut missing: Vec<ChunkRef> = Vec::new();
+    let mut zeros = ZeroChunk::for_record(&job.record);
     for (idx, chunk) in job.record.chunks.iter().enumerate() {
         if existed && chunk_matches(&file, chunk) {
             inner.stats.resumed.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+            continue;
+        }
+        if !existed && zeros.matches(chunk) {
+            // a fresh temp file is all holes: a run of zeros (a sparse file's hole) needs
+            // neither a transfer nor a write, and stays a hole on this disk too
+            inner.stats.reused.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
             continue;
         }
         if copy_local_chunk(inner, job, idx, chunk, &file)? {
@@ -104,6 +112,27 @@ pub(crate) fn copy_local(
     }
     verify_whole(&file, record)?;
     fs.install(&file, record, indexed)
+}
+
+/// Recognizes a chunk of zeros: a run of zeros (a sparse file's hole) never has a cut
+/// point, so the chunker cuts it into chunks of the largest size it makes for the file. The
+/// hash of such a chunk is computed once, when a chunk of that size first appears.
+struct ZeroChunk {
+    len: u32,
+    hash: Option<Hash>,
+}
+
+impl ZeroChunk {
+    fn for_record(record: &FileRecord) -> Self {
+        let max = crate::scan::hasher::ChunkParams::for_size(record.size).max;
+        Self { len: u32::try_from(max).unwrap_or(u32::MAX), hash: None }
+    }
+
+    fn matches(&mut self, chunk: &ChunkRef) -> bool {
+        let len = self.len as usize;
+        chunk.len == self.len
+            && chunk.hash == *self.hash.get_or_insert_with(|| Hash::of(&vec![0; len]))
+    }
 }
 
 fn chunk_matches(file: &File, chunk: &ChunkRef) -> bool {

@@ -15,7 +15,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tandem_proto::model::{EntryKind, FileRecord, Hash, RelPath};
 
-use crate::scan::walk::{STATE_DIR, TEMP_PREFIX};
+use crate::scan::walk::{STATE_DIR, TEMP_PREFIX, is_own_temp};
 use crate::store::{LocalRecord, StatKey};
 
 /// Why applying a change failed. None of these leave a partial file under a real name.
@@ -59,6 +59,14 @@ pub enum ApplyError {
     /// A directory to delete still has entries.
     #[error("{0}: directory not empty; kept")]
     NotEmpty(RelPath),
+    /// Something tandem does not sync (a fifo, socket or device node) is in the way.
+    #[error("{path}: a {kind} is in the way; tandem does not sync or replace those, so it is kept")]
+    InTheWay {
+        /// The path.
+        path: RelPath,
+        /// What is there.
+        kind: &'static str,
+    },
 }
 
 /// Attaches a path to an IO error.
@@ -119,7 +127,12 @@ impl FolderFs {
         indexed: Option<&LocalRecord>,
     ) -> Result<(), ApplyError> {
         self.check_parents(rel)?;
-        let current = self.stat(rel)?.map(|m| StatKey::from_metadata(&m));
+        let meta = self.stat(rel)?;
+        if let Some(kind) = meta.as_ref().and_then(unsyncable_kind) {
+            // the scanner skips it, so "rescan and decide again" would loop forever
+            return Err(ApplyError::InTheWay { path: rel.clone(), kind });
+        }
+        let current = meta.map(|m| StatKey::from_metadata(&m));
         let expected = indexed.filter(|l| !l.record.deleted);
         let same = match (current, expected) {
             (None, None) => true,
@@ -181,7 +194,10 @@ impl FolderFs {
         indexed: Option<&LocalRecord>,
     ) -> Result<(), ApplyError> {
         let at = io_at(&record.path);
-        file.set_permissions(fs::Permissions::from_mode(record.mode & 0o7777)).map_err(at)?;
+        file.set_permissions(fs::Permissions::from_mode(
+            record.mode & crate::store::SYNCED_MODE_BITS,
+        ))
+        .map_err(at)?;
         file.set_modified(system_time(record.mtime_ns)).map_err(io_at(&record.path))?;
         file.sync_all().map_err(io_at(&record.path))?;
         self.check_unchanged(&record.path, indexed)?;
@@ -213,7 +229,7 @@ impl FolderFs {
             Some(parent) => self.trash_dir().join(parent.as_str()),
             None => self.trash_dir(),
         };
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_at(rel))?;
+        self.make_state_dirs(rel, &dir)?;
         let stamp = trash_stamp();
         let name = rel.file_name();
         let mut candidate = dir.join(format!("{name}.{stamp}"));
@@ -226,6 +242,32 @@ impl FolderFs {
         Ok(candidate)
     }
 
+    /// Makes `dir` (below the root) and its missing parents, refusing anything on the way
+    /// that is not a real directory: a symlinked `.tandem` or trash would move the user's
+    /// files out of the folder, a file in the way would fail with a puzzling error.
+    fn make_state_dirs(&self, rel: &RelPath, dir: &Path) -> Result<(), ApplyError> {
+        let below = dir.strip_prefix(&self.root).unwrap_or(dir);
+        let mut at = self.root.clone();
+        for part in below.components() {
+            at.push(part);
+            let made = match fs::symlink_metadata(&at) {
+                Ok(meta) => Ok(meta.is_dir()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    match fs::DirBuilder::new().mode(0o700).create(&at) {
+                        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+                        _ => Ok(fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir())),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            if !made.map_err(io_at(rel))? {
+                let parent = at.strip_prefix(&self.root).unwrap_or(&at).display().to_string();
+                return Err(ApplyError::UnsafeParent { path: rel.clone(), parent });
+            }
+        }
+        Ok(())
+    }
+
     /// Moves what is at `rel` (a file or symlink) to the trash; returns where it went.
     pub fn move_to_trash(&self, rel: &RelPath) -> Result<PathBuf, ApplyError> {
         let kept = self.trash_path(rel)?;
@@ -235,13 +277,14 @@ impl FolderFs {
     }
 
     /// Removes tandem's temp files not touched for `max_age` (interrupted transfers whose
-    /// version was never resumed); younger ones stay to be resumed. Returns how many went.
+    /// version was never resumed); younger ones stay to be resumed, and a user's file that
+    /// only shares the prefix is never touched. Returns how many went.
     pub fn clean_stale_temps(&self, max_age: Duration) -> usize {
         let cutoff = std::time::SystemTime::now() - max_age;
         let walker = walkdir::WalkDir::new(&self.root).follow_links(false).into_iter();
         let mut removed = 0;
         for entry in walker.filter_entry(|e| e.file_name() != STATE_DIR).flatten() {
-            let is_temp = entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX);
+            let is_temp = is_own_temp(&entry.file_name().to_string_lossy());
             let stale =
                 entry.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| t < cutoff);
             if is_temp
@@ -259,6 +302,10 @@ impl FolderFs {
     pub fn purge_trash(&self, days: u64) -> usize {
         let cutoff =
             std::time::SystemTime::now() - Duration::from_secs(days.saturating_mul(86_400));
+        let real_dir = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+        if !real_dir(&self.root.join(STATE_DIR)) || !real_dir(&self.trash_dir()) {
+            return 0; // missing, or a symlink that could lead anywhere: nothing of ours to purge
+        }
         let mut removed = 0;
         for entry in
             walkdir::WalkDir::new(self.trash_dir()).contents_first(true).into_iter().flatten()
@@ -294,8 +341,11 @@ impl FolderFs {
             return Ok(());
         }
         fs::create_dir(self.abs(rel)).map_err(io_at(rel))?;
-        fs::set_permissions(self.abs(rel), fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(io_at(rel))
+        fs::set_permissions(
+            self.abs(rel),
+            fs::Permissions::from_mode(mode & crate::store::SYNCED_MODE_BITS),
+        )
+        .map_err(io_at(rel))
     }
 
     /// Creates or replaces a symlink (never following anything).
@@ -336,7 +386,11 @@ impl FolderFs {
         mtime_ns: i64,
     ) -> Result<(), ApplyError> {
         let abs = self.abs(rel);
-        fs::set_permissions(&abs, fs::Permissions::from_mode(mode & 0o7777)).map_err(io_at(rel))?;
+        fs::set_permissions(
+            &abs,
+            fs::Permissions::from_mode(mode & crate::store::SYNCED_MODE_BITS),
+        )
+        .map_err(io_at(rel))?;
         if self.stat(rel)?.is_some_and(|m| m.is_file()) {
             let file = File::options()
                 .write(true)
@@ -391,6 +445,25 @@ impl FolderFs {
     }
 }
 
+/// What an entry is when it is none of the kinds tandem syncs.
+fn unsyncable_kind(meta: &fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_file() || t.is_dir() || t.is_symlink() {
+        None
+    } else if t.is_fifo() {
+        Some("fifo")
+    } else if t.is_socket() {
+        Some("socket")
+    } else if t.is_char_device() {
+        Some("character device")
+    } else if t.is_block_device() {
+        Some("block device")
+    } else {
+        Some("special file")
+    }
+}
+
 /// `O_NOFOLLOW`: opening a symlink fails instead of following it.
 const fn libc_o_nofollow() -> i32 {
     libc::O_NOFOLLOW
@@ -403,9 +476,49 @@ fn trash_stamp() -> String {
     tandem_proto::rules::format_timestamp(secs)
 }
 
+/// The time `ns` nanoseconds after (or, negative, before) the epoch: files from before 1970
+/// keep their mtime.
 fn system_time(ns: i64) -> std::time::SystemTime {
-    match u64::try_from(ns) {
-        Ok(ns) => UNIX_EPOCH + Duration::from_nanos(ns),
-        Err(_) => UNIX_EPOCH,
+    let offset = Duration::from_nanos(ns.unsigned_abs());
+    let time =
+        if ns >= 0 { UNIX_EPOCH.checked_add(offset) } else { UNIX_EPOCH.checked_sub(offset) };
+    time.unwrap_or(UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtimes_before_the_epoch_are_kept() {
+        let t = system_time(-315_619_200_000_000_000); // 1960-01-01
+        assert_eq!(UNIX_EPOCH.duration_since(t).unwrap(), Duration::from_secs(315_619_200));
+        assert_eq!(system_time(1_500_000_000), UNIX_EPOCH + Duration::from_millis(1500));
+        assert_eq!(system_time(i64::MIN), UNIX_EPOCH - Duration::from_nanos(1 << 63));
+    }
+
+    #[test]
+    fn a_trash_that_is_a_symlink_or_a_file_is_neither_written_through_nor_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+        fs::create_dir_all(root.join(".tandem")).unwrap();
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("precious"), b"not ours").unwrap();
+        fs::write(root.join("sub/gone.txt"), b"kept").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join(".tandem/trash")).unwrap();
+        let fs = FolderFs::new(root.clone());
+        let rel = RelPath::new("sub/gone.txt").unwrap();
+        let err = fs.move_to_trash(&rel).unwrap_err();
+        assert!(err.to_string().contains("parent .tandem/trash is not a real directory"), "{err}");
+        assert_eq!(fs.purge_trash(0), 0);
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "written or purged through it");
+        fs::remove_file(root.join(".tandem/trash")).unwrap();
+        fs::write(root.join(".tandem/trash"), b"a file in the way").unwrap();
+        assert!(matches!(fs.move_to_trash(&rel), Err(ApplyError::UnsafeParent { .. })));
+        assert_eq!(fs::read(root.join("sub/gone.txt")).unwrap(), b"kept");
+        fs::remove_file(root.join(".tandem/trash")).unwrap();
+        let kept = fs.move_to_trash(&rel).unwrap();
+        assert!(kept.starts_with(root.join(".tandem/trash/sub")), "{}", kept.display());
     }
 }

@@ -15,7 +15,7 @@ use crate::support::{Device, wait_until};
 
 /// Connects to `target` as `me` and returns the control stream after the handshake
 /// messages (Hello and ClusterConfig sharing `docs`).
-async fn open_session(
+pub(crate) async fn open_session(
     me: &Device,
     target: &Device,
 ) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
@@ -54,9 +54,15 @@ async fn open_session(
 /// An index frame whose single record is named `name` (any bytes, same length as the
 /// placeholder), built by encoding a valid record and patching its name.
 fn index_frame_naming(name: &str) -> Vec<u8> {
-    let placeholder = "p".repeat(name.len());
+    index_frame_patched(&"p".repeat(name.len()), name)
+}
+
+/// An index frame whose single record, encoded with the valid name `placeholder`, is then
+/// renamed to `name` (the same length) in the encoded bytes.
+pub(crate) fn index_frame_patched(placeholder: &str, name: &str) -> Vec<u8> {
+    assert_eq!(placeholder.len(), name.len());
     let record = FileRecord {
-        path: RelPath::new(placeholder.clone()).unwrap(),
+        path: RelPath::new(placeholder).unwrap(),
         kind: EntryKind::File,
         size: 5,
         mtime_ns: 1,

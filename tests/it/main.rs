@@ -9,6 +9,7 @@ mod cli;
 mod conflicts;
 mod control;
 mod hostile;
+mod hostile_fs;
 mod scan;
 mod status;
 mod support;

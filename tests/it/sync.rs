@@ -540,3 +540,20 @@ fn sync_completes_over_a_connection_the_peer_dialed() {
     b.sync_ok();
     assert_eq!(fs::read(b.path("from-a.txt")).unwrap(), b"dialed in");
 }
+
+#[test]
+fn setuid_setgid_and_sticky_bits_are_never_synced() {
+    let (a, b) = pair();
+    a.write("tool", b"#!/bin/sh\necho hi\n");
+    fs::set_permissions(a.path("tool"), fs::Permissions::from_mode(0o6755)).unwrap();
+    fs::create_dir(a.path("shared")).unwrap();
+    fs::set_permissions(a.path("shared"), fs::Permissions::from_mode(0o1777)).unwrap();
+    {
+        let _serve = a.serve();
+        b.sync_ok();
+    }
+    let mode = |p: &str| fs::metadata(b.path(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("tool"), 0o755, "a peer planted special mode bits");
+    assert_eq!(mode("shared"), 0o777);
+    assert_eq!(b.entry("tool").unwrap()["mode"], "0755");
+}

@@ -95,7 +95,12 @@ proptest! {
         let (one, two) = (resolve(&forward).unwrap(), resolve(&shuffled).unwrap());
         prop_assert_eq!(&one.record, &two.record);
         prop_assert_eq!(one.reason, two.reason);
-        let key = |r: &&FileRecord| (r.version.counters().to_vec().len(), r.hash, format!("{:?}", r.version));
+        // losers are a multiset: order them by every field (Debug abbreviates ids)
+        let key = |r: &&FileRecord| {
+            let counters: Vec<(ShortId, u64)> =
+                r.version.counters().iter().map(|c| (c.id, c.value)).collect();
+            (counters, r.hash, r.modified_by, format!("{r:?}"))
+        };
         let (mut l1, mut l2) = (one.losers.clone(), two.losers.clone());
         l1.sort_by_key(key);
         l2.sort_by_key(key);

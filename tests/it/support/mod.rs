@@ -239,9 +239,23 @@ impl Device {
 
     /// Starts `tandem serve` with extra environment variables.
     pub(crate) fn serve_with(&self, env: &[(&str, &str)]) -> Daemon {
+        self.serve_as(&[], env)
+    }
+
+    /// Starts `tandem serve` through `wrapper`, a command prefix such as
+    /// `setpriv --reuid=65534 …` (empty: run it directly).
+    pub(crate) fn serve_as(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = self.dir.path().join(format!("serve-{}.log", free_port()));
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = self.command();
+        let mut cmd = match wrapper {
+            [] => self.command(),
+            [program, args @ ..] => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(env!("CARGO_BIN_EXE_tandem"));
+                cmd.env("TANDEM_HOME", self.home()).env_remove("RUST_LOG");
+                cmd
+            }
+        };
         cmd.args(["serve", "--log-level", "info"]).stdout(std::process::Stdio::null()).stderr(file);
         for (k, v) in env {
             cmd.env(k, v);
@@ -287,7 +301,7 @@ pub(crate) struct SyncSummary {
 }
 
 impl SyncSummary {
-    fn parse(stderr: &str) -> Self {
+    pub(crate) fn parse(stderr: &str) -> Self {
         let line = stderr.lines().find(|l| l.starts_with("in sync:")).expect("summary line");
         let nums: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
         Self { network: nums[0], reused: nums[1], resumed: nums[2], rejected: nums[3] }
