@@ -162,8 +162,7 @@ impl<'a> Executor<'a> {
             Action::MakeDir { path, mode } => fs.make_dir(path, *mode, local.get(path)),
             Action::KeepDir { .. } | Action::Record { .. } => Ok(()),
             Action::Rename { from, record } => {
-                fs.check_unchanged(&record.path, local.get(&record.path))?;
-                fs.rename(from, &record.path, local.get(from))?;
+                fs.rename_replacing(from, &record.path, local.get(from), local.get(&record.path))?;
                 fs.apply_metadata(&record.path, record.mode, record.mtime_ns)
             }
             Action::MakeSymlink { path, target } => fs.make_symlink(path, target, local.get(path)),
