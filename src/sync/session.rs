@@ -306,6 +306,14 @@ async fn receive(
                 batch.records.len()
             )));
         }
+        for record in &batch.records {
+            record.check_chunks().map_err(|e| {
+                ProtocolError::Violation(format!(
+                    "record {} in folder {}: {e}",
+                    record.path, batch.folder
+                ))
+            })?;
+        }
         store_batch(inner, &peer_key, share.index_id, &batch)?;
         inner.peer_news(&batch.folder);
     }
