@@ -422,7 +422,7 @@ pub async fn initial_scan(inner: &Arc<Inner>, folder: &FolderId) -> Result<(), F
 pub async fn sync_folder_once(inner: &Arc<Inner>, folder: &FolderId) -> Result<(), FolderError> {
     let cfg = inner.config().folder(folder).cloned().map_err(|_| FolderError::Gone)?;
     let mut rescan = true;
-    for _ in 0..MAX_ROUNDS {
+    for round in 0..MAX_ROUNDS {
         if rescan {
             inner.set_state(folder, FolderState::Scanning, None);
             scan(inner, &cfg).await?;
@@ -435,6 +435,11 @@ pub async fn sync_folder_once(inner: &Arc<Inner>, folder: &FolderId) -> Result<(
         })
         .await??;
         inner.set_clean(folder, seen, planned.plan.steps.is_empty());
+        if round == 0 {
+            for (path, reason) in &planned.plan.deferred {
+                tracing::info!("folder {folder}: {path} not synced: {reason}");
+            }
+        }
         if planned.plan.steps.is_empty() {
             return Ok(());
         }
