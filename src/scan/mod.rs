@@ -147,7 +147,9 @@ pub fn scan_folder(index: &Index, target: &ScanTarget<'_>) -> Result<ScanSummary
     let existing: BTreeMap<String, LocalRecord> =
         index.records(target.folder)?.into_iter().map(|r| (r.record.path.to_string(), r)).collect();
     check_marker(target.root, &existing)?;
-    let mut writer = Writer::new(index, target, &existing);
+    let applying: BTreeMap<String, FileRecord> =
+        index.applying(target.folder)?.into_iter().map(|r| (r.path.to_string(), r)).collect();
+    let mut writer = Writer::new(index, target, &existing, &applying);
     let (seen, unknown) = std::thread::scope(|s| -> Result<_, ScanError> {
         let (found_tx, found_rx) = mpsc::sync_channel::<Found>(4 * BATCH);
         let (job_tx, job_rx) = mpsc::sync_channel::<HashJob>(4 * BATCH);
@@ -333,6 +335,8 @@ struct Writer<'a> {
     index: &'a Index,
     target: &'a ScanTarget<'a>,
     existing: &'a BTreeMap<String, LocalRecord>,
+    /// What an interrupted plan was about to commit (`Index::applying`), by path.
+    applying: &'a BTreeMap<String, FileRecord>,
     pending: Vec<(LocalRecord, bool)>,
     events_logged: usize,
     events_skipped: usize,
@@ -345,6 +349,7 @@ impl<'a> Writer<'a> {
         index: &'a Index,
         target: &'a ScanTarget<'a>,
         existing: &'a BTreeMap<String, LocalRecord>,
+        applying: &'a BTreeMap<String, FileRecord>,
     ) -> Self {
         let now_secs =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -352,6 +357,7 @@ impl<'a> Writer<'a> {
             index,
             target,
             existing,
+            applying,
             pending: Vec::new(),
             events_logged: 0,
             events_skipped: 0,
@@ -422,13 +428,21 @@ impl<'a> Writer<'a> {
     }
 
     /// The version of an entry found changed: normally `old` bumped by this device; the
-    /// global version when the disk holds exactly what a sync step applied before a crash
-    /// kept it from being committed (`proto::rules::scanned_record` decides).
+    /// version a sync step applied when a crash kept it from being committed and the disk
+    /// holds exactly what that step wrote — known from the interrupted plan's pending
+    /// record, or from the global version (`proto::rules::scanned_record` decides).
     fn versioned(
         &self,
         old: Option<&LocalRecord>,
         found: FileRecord,
     ) -> Result<FileRecord, StoreError> {
+        let applied = self.applying.get(found.path.as_str()).filter(|a| a.same_entry(&found));
+        if let Some(applied) = applied {
+            // the peers may have moved on since (a later delete): the pending record is
+            // what was written, and the plan would have committed
+            let chunks = found.chunks;
+            return Ok(FileRecord { chunks, sequence: found.sequence, ..applied.clone() });
+        }
         let mut candidates = Vec::new();
         for peer in &self.target.peers {
             let folder = self.target.folder;
@@ -469,6 +483,12 @@ impl<'a> Writer<'a> {
 
     fn finish(mut self) -> Result<ScanSummary, StoreError> {
         self.flush()?;
+        if !self.applying.is_empty() {
+            // the interrupted plan's records served their purpose: the disk is recorded
+            let mut batch = self.index.write()?;
+            batch.set_applying(self.target.folder, &[])?;
+            batch.commit()?;
+        }
         if self.events_skipped > 0 {
             let detail =
                 format!("and {} more local changes (not logged one by one)", self.events_skipped);
