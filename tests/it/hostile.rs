@@ -468,6 +468,49 @@ async fn flood(conn: &quinn::Connection, data: &[u8], chunk: usize, n: u64) -> A
     (get(0), get(1), get(2))
 }
 
+/// Holds `MAX_IN_FLIGHT` request streams open with half a frame each, then asks for a piece
+/// of `big.bin` (`data`): (refused as Busy while they are held, answered once they are reset).
+///
+/// The victim takes a request's slot when it accepts the stream, in whatever order its
+/// tasks run: an ask that races the held streams may take a slot one of them then misses.
+/// So each round gives them a moment first, and a round that loses the race is retried.
+async fn hold_every_slot(conn: &quinn::Connection, data: &[u8]) -> (bool, bool) {
+    let piece = Request {
+        id: 1,
+        folder: FolderId::new("docs").unwrap(),
+        path: RelPath::new("big.bin").unwrap(),
+        offset: 0,
+        size: 1000,
+        hash: Hash::of(&data[..1000]),
+    };
+    let mut refused = false;
+    for round in 1..=20u64 {
+        let mut held = Vec::new();
+        for _ in 0..MAX_IN_FLIGHT {
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            send.write_all(&[0, 0, 1, 0]).await.unwrap(); // a length, and no body yet
+            held.push((send, recv));
+        }
+        tokio::time::sleep(Duration::from_millis(50 * round)).await;
+        refused = ask(conn, piece.clone()).await == ResponseBody::Error(ErrorCode::Busy);
+        for (mut send, _) in held {
+            let _ = send.reset(0u32.into());
+        }
+        if refused {
+            break;
+        }
+    }
+    let mut answered = false;
+    for _ in 0..100 {
+        if ask(conn, piece.clone()).await == ResponseBody::Data(data[..1000].to_vec()) {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (refused, answered)
+}
+
 #[test]
 fn a_flood_of_requests_is_answered_or_refused_with_bounded_memory() {
     let (victim, mallory, honest) = victim_mallory_honest();
@@ -508,42 +551,7 @@ fn a_flood_of_requests_is_answered_or_refused_with_bounded_memory() {
     assert!(last < 32, "the third flood grew the peak by {last} MiB: something leaks");
     // MAX_IN_FLIGHT requests that never finish arriving hold every slot: the next one is
     // refused as Busy (and logged), and answered again once they are gone
-    let piece = Request {
-        id: 1,
-        folder: FolderId::new("docs").unwrap(),
-        path: RelPath::new("big.bin").unwrap(),
-        offset: 0,
-        size: 1000,
-        hash: Hash::of(&data[..1000]),
-    };
-    let (refused, answered_again) = runtime.block_on(async {
-        let mut held = Vec::new();
-        for _ in 0..MAX_IN_FLIGHT {
-            let (mut send, recv) = m.conn.open_bi().await.unwrap();
-            send.write_all(&[0, 0, 1, 0]).await.unwrap(); // a length, and no body yet
-            held.push((send, recv));
-        }
-        let mut refused = false;
-        for _ in 0..100 {
-            if ask(&m.conn, piece.clone()).await == ResponseBody::Error(ErrorCode::Busy) {
-                refused = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        for (mut send, _) in held {
-            let _ = send.reset(0u32.into());
-        }
-        let mut answered = false;
-        for _ in 0..100 {
-            if ask(&m.conn, piece.clone()).await == ResponseBody::Data(data[..1000].to_vec()) {
-                answered = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        (refused, answered)
-    });
+    let (refused, answered_again) = runtime.block_on(hold_every_slot(&m.conn, &data));
     assert!(refused, "{MAX_IN_FLIGHT} requests in flight and the next one was not refused");
     assert!(answered_again, "requests were not answered after the held ones went away");
     let log = serve.log_text();
