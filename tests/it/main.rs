@@ -7,6 +7,7 @@
 
 mod cli;
 mod conflicts;
+mod crash;
 mod hostile;
 mod scan;
 mod status;
