@@ -404,7 +404,7 @@ fn a_pulled_file_whose_commit_a_crash_lost_is_not_resurrected_after_the_peer_del
     let installed = wait_until(60, || b.path("small.txt").exists());
     assert!(installed, "small.txt never arrived: {}", serve_b.log_text());
     // A deletes it; B stores A's tombstone while its plan is still running
-    std::fs::remove_file(a.path("small.txt")).unwrap();
+    fs::remove_file(a.path("small.txt")).unwrap();
     let tombstone_seen = wait_until(30, || {
         let out = b.run(&["explain", "docs", "small.txt", "--json"]);
         let why: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
