@@ -76,9 +76,8 @@ impl Endpoint {
             addr,
             source: std::io::Error::other("no async runtime"),
         })?;
-        let endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
-                .map_err(|source| ConnectError::Socket { addr, source })?;
+        let endpoint = quinn::Endpoint::new(endpoint_config(&key), Some(server), socket, runtime)
+            .map_err(|source| ConnectError::Socket { addr, source })?;
         Ok(Self { endpoint, cert, key })
     }
 
@@ -126,6 +125,67 @@ pub fn peer_device(conn: &quinn::Connection) -> Result<DeviceId, ConnectError> {
         .map_err(|_| ConnectError::NoIdentity(conn.remote_address()))?;
     let first = certs.first().ok_or(ConnectError::NoIdentity(conn.remote_address()))?;
     device_of(first).map_err(|_| ConnectError::NoIdentity(conn.remote_address()))
+}
+
+/// The endpoint's stateless-reset key, derived from the device's private key so it
+/// survives a restart. A device that crashed and came back then answers packets of a
+/// connection it no longer has with a stateless reset its peer believes (RFC 9000 §10.3),
+/// and the peer drops the dead connection at once. With quinn's defaults (a random key per
+/// run, and connection ids signed with another random key, so a restarted endpoint drops
+/// packets for its previous run's ids without a word) the peer kept the dead connection
+/// until the 60 s idle timeout, refusing the restarted device's new connection as a
+/// duplicate of it all that time (PROTOCOL.md §9.8).
+fn endpoint_config(key: &PrivateKeyDer<'_>) -> quinn::EndpointConfig {
+    let reset = blake3::derive_key("tandem 2026 QUIC stateless reset key v1", key.secret_der());
+    let mut config = quinn::EndpointConfig::new(Arc::new(ResetKey(reset)));
+    config.cid_generator(|| Box::new(ConnectionIds { issued: 0 }));
+    config
+}
+
+/// A keyed BLAKE3 MAC for stateless-reset tokens.
+struct ResetKey([u8; 32]);
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let mac = blake3::keyed_hash(&self.0, data);
+        let n = signature_out.len().min(32);
+        signature_out[..n].copy_from_slice(&mac.as_bytes()[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        let expected = blake3::keyed_hash(&self.0, data);
+        let given = <[u8; 32]>::try_from(signature).map_err(|_| quinn::crypto::CryptoError)?;
+        // blake3::Hash compares in constant time
+        if blake3::Hash::from(given) == expected { Ok(()) } else { Err(quinn::crypto::CryptoError) }
+    }
+}
+
+/// Random 8-byte connection ids that any run of this endpoint accepts as possibly its own
+/// (quinn's default validation would drop a previous run's ids before the stateless reset).
+struct ConnectionIds {
+    issued: u64,
+}
+
+impl quinn::ConnectionIdGenerator for ConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        use std::hash::BuildHasher;
+        self.issued += 1;
+        // RandomState's keys come from the OS: an observer cannot link two ids
+        let random = std::collections::hash_map::RandomState::new().hash_one(self.issued);
+        quinn::ConnectionId::new(&random.to_le_bytes())
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {

@@ -50,6 +50,38 @@ impl ChunkParams {
         }
         Self { min: avg / 4, avg, max: avg * 4 }
     }
+
+    /// Parameters for a new version of a file whose previous version was cut with
+    /// `previous`: kept while the file has at most twice the target chunk count (and its
+    /// chunks are not far coarser than a fresh choice), so an edit that moves the size across
+    /// a doubling boundary still shares its unchanged chunks with the previous version. (A
+    /// 1 MiB insertion into a 1 GiB file otherwise re-cut every chunk and re-sent the file.)
+    pub fn for_update(size: u64, previous: Option<Self>) -> Self {
+        let fresh = Self::for_size(size);
+        match previous {
+            Some(p) if size / p.avg as u64 <= 2 * TARGET_CHUNKS && p.avg <= 4 * fresh.avg => p,
+            _ => fresh,
+        }
+    }
+
+    /// The parameters a version of `size` bytes cut into `chunks` chunks was most likely
+    /// cut with: the power-of-two average nearest (in ratio) to its mean chunk size. `None`
+    /// with fewer than two chunks (nothing to preserve).
+    pub fn from_chunk_count(size: u64, chunks: usize) -> Option<Self> {
+        if chunks < 2 {
+            return None;
+        }
+        let mean = size as f64 / chunks as f64;
+        let mut best = MIN_AVG_CHUNK;
+        let mut avg = MIN_AVG_CHUNK;
+        while avg <= MAX_AVG_CHUNK {
+            if (mean / avg as f64).ln().abs() < (mean / best as f64).ln().abs() {
+                best = avg;
+            }
+            avg *= 2;
+        }
+        Some(Self { min: best / 4, avg: best, max: best * 4 })
+    }
 }
 
 /// A page-aligned byte buffer (a `Vec` sliced at a 4096-byte boundary, no unsafe).
@@ -114,11 +146,21 @@ impl FileHasher {
 
     /// Hashes the file at `path`, which a stat just before described as `expected`.
     pub fn hash_file(&mut self, path: &Path, expected: &StatKey) -> Result<Hashed, HashError> {
+        self.hash_file_with(path, expected, ChunkParams::for_size(expected.size))
+    }
+
+    /// [`Self::hash_file`], cutting chunks with `params`.
+    pub fn hash_file_with(
+        &mut self,
+        path: &Path,
+        expected: &StatKey,
+        params: ChunkParams,
+    ) -> Result<Hashed, HashError> {
         let mut file = File::open(path)?;
         if !StatKey::from_metadata(&file.metadata()?).same_file_version(expected) {
             return Err(HashError::Changed);
         }
-        let hashed = self.hash_reader(&mut file, expected.size)?;
+        let hashed = self.hash_reader_with(&mut file, params)?;
         let after = StatKey::from_metadata(&file.metadata()?);
         if hashed.size != expected.size || !after.same_file_version(expected) {
             return Err(HashError::Changed);
@@ -128,7 +170,15 @@ impl FileHasher {
 
     /// Chunks and hashes everything `reader` yields; `size_hint` picks the chunk sizes.
     pub fn hash_reader(&mut self, reader: &mut impl Read, size_hint: u64) -> io::Result<Hashed> {
-        let params = ChunkParams::for_size(size_hint);
+        self.hash_reader_with(reader, ChunkParams::for_size(size_hint))
+    }
+
+    /// Chunks and hashes everything `reader` yields with `params`.
+    pub fn hash_reader_with(
+        &mut self,
+        reader: &mut impl Read,
+        params: ChunkParams,
+    ) -> io::Result<Hashed> {
         let mut state = HashState::default();
         let mut filled = 0usize;
         let mut eof = false;
@@ -274,5 +324,37 @@ mod tests {
         assert_eq!(params.avg, MAX_AVG_CHUNK);
         assert_eq!(ChunkParams::for_size(1 << 30).avg, MIN_AVG_CHUNK);
         assert!((10u64 << 30) / ChunkParams::for_size(10 << 30).avg as u64 <= TARGET_CHUNKS);
+    }
+
+    #[test]
+    fn a_file_growing_or_shrinking_across_a_doubling_boundary_keeps_its_chunk_sizes() {
+        let (gib, mib) = (1u64 << 30, 1u64 << 20);
+        let before = ChunkParams::for_size(gib - 2 * mib);
+        assert_eq!(before.avg, MIN_AVG_CHUNK);
+        assert_eq!(ChunkParams::for_size(gib + mib).avg, 2 * MIN_AVG_CHUNK, "the boundary");
+        assert_eq!(ChunkParams::for_update(gib + mib, Some(before)), before);
+        let coarse = ChunkParams::for_size(gib + mib);
+        assert_eq!(ChunkParams::for_update(gib - mib, Some(coarse)), coarse);
+        // far past the boundary the chunk list would grow too long: fresh parameters
+        assert_eq!(ChunkParams::for_update(3 * gib, Some(before)), ChunkParams::for_size(3 * gib));
+        // a file that shrank to a fraction gets fresh, finer chunks
+        assert_eq!(
+            ChunkParams::for_update(mib, Some(ChunkParams::for_size(64 * gib))).avg,
+            MIN_AVG_CHUNK
+        );
+        assert_eq!(ChunkParams::for_update(gib, None), ChunkParams::for_size(gib));
+    }
+
+    #[test]
+    fn the_parameters_of_an_indexed_version_are_recovered_from_its_chunk_count() {
+        let mut hasher = FileHasher::new(0);
+        let data = pseudo_random(9 << 20, 7);
+        for avg in [MIN_AVG_CHUNK, 2 * MIN_AVG_CHUNK, 4 * MIN_AVG_CHUNK] {
+            let params = ChunkParams { min: avg / 4, avg, max: avg * 4 };
+            let hashed = hasher.hash_reader_with(&mut &data[..], params).unwrap();
+            let found = ChunkParams::from_chunk_count(hashed.size, hashed.chunks.len());
+            assert_eq!(found, Some(params), "{} chunks", hashed.chunks.len());
+        }
+        assert_eq!(ChunkParams::from_chunk_count(100, 1), None);
     }
 }

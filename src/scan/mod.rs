@@ -24,7 +24,7 @@ use tandem_proto::model::{
 use tandem_proto::rules::{resolve, scanned_record};
 
 use crate::store::{Event, EventKind, Index, LocalRecord, StatKey, StoreError};
-use hasher::{FileHasher, HashError};
+use hasher::{ChunkParams, FileHasher, HashError};
 use walk::{Filter, WalkItem};
 
 /// Changed paths a scan lists in its summary (for incremental planning); past this many,
@@ -148,6 +148,8 @@ struct HashJob {
     path: RelPath,
     abs: PathBuf,
     stat: StatKey,
+    /// How the indexed version was cut, to keep cutting the same way.
+    previous: Option<ChunkParams>,
 }
 
 /// What a scan keeps in memory of each indexed path: enough for the stat fast path and
@@ -158,14 +160,18 @@ struct Known {
     stat: StatKey,
     deleted: bool,
     dir: bool,
+    /// How the indexed version of a file was cut into chunks.
+    params: Option<ChunkParams>,
 }
 
 impl Known {
     fn of(local: &LocalRecord) -> Self {
+        let r = &local.record;
         Self {
             stat: local.stat,
-            deleted: local.record.deleted,
-            dir: local.record.kind == EntryKind::Dir,
+            deleted: r.deleted,
+            dir: r.kind == EntryKind::Dir,
+            params: ChunkParams::from_chunk_count(r.size, r.chunks.len()),
         }
     }
 }
@@ -274,7 +280,9 @@ fn scan_with(
     existing: &KnownMap,
     starts: Option<&[RelPath]>,
 ) -> Result<ScanSummary, ScanError> {
-    let mut writer = Writer::new(index, target, existing);
+    let applying: BTreeMap<String, FileRecord> =
+        index.applying(target.folder)?.into_iter().map(|r| (r.path.to_string(), r)).collect();
+    let mut writer = Writer::new(index, target, existing, &applying);
     let (seen, unknown) = std::thread::scope(|s| -> Result<_, ScanError> {
         let (found_tx, found_rx) = mpsc::sync_channel::<Found>(4 * BATCH);
         let (job_tx, job_rx) = mpsc::sync_channel::<HashJob>(4 * BATCH);
@@ -363,7 +371,8 @@ fn walk_folder(
             }
             // A failed send means the writer stopped on an error it will report.
             let _ = if meta.file_type().is_file() {
-                jobs.send(HashJob { path, abs, stat }).is_ok()
+                let previous = old.filter(|o| !o.deleted).and_then(|o| o.params);
+                jobs.send(HashJob { path, abs, stat, previous }).is_ok()
             } else {
                 found.send(non_file_entry(path, &abs, &meta, stat)).is_ok()
             };
@@ -448,7 +457,8 @@ fn hash_worker(jobs: &Mutex<mpsc::Receiver<HashJob>>, found: &mpsc::SyncSender<F
 /// Hashes one file, retrying while it changes under us; never records a half-read file.
 fn hash_job(hasher: &mut FileHasher, mut job: HashJob) -> Found {
     for _ in 0..HASH_ATTEMPTS {
-        match hasher.hash_file(&job.abs, &job.stat) {
+        let params = ChunkParams::for_update(job.stat.size, job.previous);
+        match hasher.hash_file_with(&job.abs, &job.stat, params) {
             Ok(hashed) => {
                 let stat = job.stat.with_racy_check(now_ns(), RACY_WINDOW_NS);
                 let mut record = draft(job.path, EntryKind::File, stat);
@@ -478,6 +488,8 @@ struct Writer<'a> {
     index: &'a Index,
     target: &'a ScanTarget<'a>,
     existing: &'a KnownMap,
+    /// What an interrupted plan was about to commit (`Index::applying`), by path.
+    applying: &'a BTreeMap<String, FileRecord>,
     pending: Vec<(LocalRecord, bool)>,
     events_logged: usize,
     events_skipped: usize,
@@ -486,13 +498,19 @@ struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
-    fn new(index: &'a Index, target: &'a ScanTarget<'a>, existing: &'a KnownMap) -> Self {
+    fn new(
+        index: &'a Index,
+        target: &'a ScanTarget<'a>,
+        existing: &'a KnownMap,
+        applying: &'a BTreeMap<String, FileRecord>,
+    ) -> Self {
         let now_secs =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         Self {
             index,
             target,
             existing,
+            applying,
             pending: Vec::new(),
             events_logged: 0,
             events_skipped: 0,
@@ -567,13 +585,21 @@ impl<'a> Writer<'a> {
     }
 
     /// The version of an entry found changed: normally `old` bumped by this device; the
-    /// global version when the disk holds exactly what a sync step applied before a crash
-    /// kept it from being committed (`proto::rules::scanned_record` decides).
+    /// version a sync step applied when a crash kept it from being committed and the disk
+    /// holds exactly what that step wrote — known from the interrupted plan's pending
+    /// record, or from the global version (`proto::rules::scanned_record` decides).
     fn versioned(
         &self,
         old: Option<&LocalRecord>,
         found: FileRecord,
     ) -> Result<FileRecord, StoreError> {
+        let applied = self.applying.get(found.path.as_str()).filter(|a| a.same_entry(&found));
+        if let Some(applied) = applied {
+            // the peers may have moved on since (a later delete): the pending record is
+            // what was written, and the plan would have committed
+            let chunks = found.chunks;
+            return Ok(FileRecord { chunks, sequence: found.sequence, ..applied.clone() });
+        }
         let mut candidates = Vec::new();
         for peer in &self.target.peers {
             let folder = self.target.folder;
@@ -630,6 +656,12 @@ impl<'a> Writer<'a> {
 
     fn finish(mut self) -> Result<ScanSummary, StoreError> {
         self.flush()?;
+        if !self.applying.is_empty() {
+            // the interrupted plan's records served their purpose: the disk is recorded
+            let mut batch = self.index.write()?;
+            batch.set_applying(self.target.folder, &[])?;
+            batch.commit()?;
+        }
         if self.events_skipped > 0 {
             let detail =
                 format!("and {} more local changes (not logged one by one)", self.events_skipped);

@@ -24,7 +24,8 @@ pub use records::{Event, EventKind, FolderMeta, LocalRecord, PeerMeta, RecordErr
 pub use slices::Slice;
 pub use stat::{SYNCED_MODE_BITS, StatKey};
 use tables::{
-    CHUNKS, EVENTS, FILES, FOLDER_MODES, FOLDER_SYNCED, FOLDERS, PEER_FILES, PEER_META, SEQUENCES,
+    APPLYING, CHUNKS, EVENTS, FILES, FOLDER_MODES, FOLDER_SYNCED, FOLDERS, PEER_FILES, PEER_META,
+    SEQUENCES,
 };
 
 /// redb page cache per open index.
@@ -125,6 +126,7 @@ impl Index {
             txn.open_table(EVENTS).map_err(db_err)?;
             txn.open_table(FOLDER_MODES).map_err(db_err)?;
             txn.open_table(FOLDER_SYNCED).map_err(db_err)?;
+            txn.open_table(APPLYING).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db: Db::Write { path: path.to_path_buf(), db: RwLock::new(Some(db)) } })
@@ -373,6 +375,33 @@ impl Index {
         })
     }
 
+    /// The records a plan was about to commit for `folder` when it last ran (see
+    /// [`WriteBatch::set_applying`]; without chunk lists), in path order.
+    pub fn applying(&self, folder: &str) -> Result<Vec<FileRecord>, StoreError> {
+        let txn = self.read()?;
+        let table = match txn.open_table(APPLYING) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table.range((folder, "")..).map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            let (f, path) = key.value();
+            if f != folder {
+                break;
+            }
+            let record =
+                records::decode_peer_file(value.value()).map_err(|source| StoreError::Corrupt {
+                    folder: folder.into(),
+                    key: format!("applying/{path}"),
+                    source,
+                })?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
     /// What we hold of `peer`'s records for `folder`.
     pub fn peer_meta(&self, folder: &str, peer: &str) -> Result<PeerMeta, StoreError> {
         let txn = self.read()?;
@@ -517,6 +546,24 @@ impl WriteBatch {
         read_peer_meta(&table, folder, peer)
     }
 
+    /// Replaces the folder's pending records with `records`: what a plan is about to commit
+    /// once its steps are done (an empty slice clears them). Chunk lists are left out: the
+    /// scanner that may use a pending record has just chunked the content itself.
+    pub fn set_applying(
+        &mut self,
+        folder: &str,
+        records: &[&FileRecord],
+    ) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(APPLYING).map_err(db_err)?;
+        table.retain_in((folder, "")..=(folder, "\u{10FFFF}"), |_, _| false).map_err(db_err)?;
+        for record in records {
+            let header = FileRecord { chunks: Vec::new(), ..(*record).clone() };
+            let value = records::encode_peer_file(&header);
+            table.insert((folder, record.path.as_str()), value.as_slice()).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
     /// Remembers the mode a folder runs in.
     pub fn remember_mode(&mut self, folder: &str, mode: &str) -> Result<(), StoreError> {
         let mut table = self.txn.open_table(FOLDER_MODES).map_err(db_err)?;
@@ -577,6 +624,7 @@ impl WriteBatch {
             let mut files = self.txn.open_table(FILES).map_err(db_err)?;
             files.remove((folder, local.record.path.as_str())).map_err(db_err)?;
         }
+        self.set_applying(folder, &[])?;
         let mut folders = self.txn.open_table(FOLDERS).map_err(db_err)?;
         folders.remove(folder).map_err(db_err)?;
         let mut synced = self.txn.open_table(FOLDER_SYNCED).map_err(db_err)?;

@@ -43,3 +43,12 @@ pub(crate) const FOLDER_MODES: TableDefinition<'_, &str, &str> =
 /// shared with (`status --check --max-lag` reads it, with or without a daemon).
 pub(crate) const FOLDER_SYNCED: TableDefinition<'_, &str, u64> =
     TableDefinition::new("folder_synced_v1");
+
+/// (folder id, path) → encoded `FileRecord`: what the running plan will commit for the path
+/// once its step is done, written before any step touches the disk. A crash between a
+/// step and its commit leaves the disk ahead of the index; the next scan recognizes an
+/// entry equal to its pending record as that applied version instead of a local change
+/// (the peers' records, which it would otherwise compare with, may have moved on), then
+/// clears the folder's pending records.
+pub(crate) const APPLYING: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("applying_v1");

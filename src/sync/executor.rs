@@ -53,6 +53,17 @@ pub(crate) async fn execute(
     local: BTreeMap<RelPath, LocalRecord>,
     sources: BTreeMap<RelPath, Vec<DeviceId>>,
 ) -> Outcome {
+    // what each step will commit, durable before any step touches the disk: a crash
+    // between a step and its commit is then recognized by the next scan
+    let pending: Vec<&FileRecord> = plan.steps.iter().flat_map(|s| &s.commit).collect();
+    let journal = inner.index.write().and_then(|mut batch| {
+        batch.set_applying(cfg.id.as_str(), &pending)?;
+        batch.commit()
+    });
+    if let Err(e) = journal {
+        tracing::error!("folder {}: recording the plan: {e}; rescanning", cfg.id);
+        return Outcome { committed: 0, rescan: true };
+    }
     let mut ex = Executor::new(inner, cfg, local);
     let mut in_flight = FuturesUnordered::new();
     for (idx, step) in plan.steps.iter().enumerate() {
@@ -165,8 +176,7 @@ impl<'a> Executor<'a> {
             Action::MakeDir { path, mode } => fs.make_dir(path, *mode, local.get(path)),
             Action::KeepDir { .. } | Action::Record { .. } => Ok(()),
             Action::Rename { from, record } => {
-                fs.check_unchanged(&record.path, local.get(&record.path))?;
-                fs.rename(from, &record.path, local.get(from))?;
+                fs.rename_replacing(from, &record.path, local.get(from), local.get(&record.path))?;
                 fs.apply_metadata(&record.path, record.mode, record.mtime_ns)
             }
             Action::MakeSymlink { path, target } => fs.make_symlink(path, target, local.get(path)),

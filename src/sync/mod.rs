@@ -1018,7 +1018,7 @@ pub async fn sync_folder_once(
 ) -> Result<(), FolderError> {
     let cfg = inner.config().folder(folder).cloned().map_err(|_| FolderError::Gone)?;
     let mut scope = scope;
-    for _ in 0..MAX_ROUNDS {
+    for round in 0..MAX_ROUNDS {
         match std::mem::replace(&mut scope, Scope::Nothing) {
             Scope::Nothing => {}
             scope => {
@@ -1047,6 +1047,11 @@ pub async fn sync_folder_once(
         let touched: BTreeSet<&str> =
             planned.plan.steps.iter().map(|s| s.path().as_str()).collect();
         inner.retain_step_problems(folder, &touched);
+        if round == 0 {
+            for (path, reason) in &planned.plan.deferred {
+                tracing::info!("folder {folder}: {path} not synced: {reason}");
+            }
+        }
         if planned.plan.steps.is_empty() {
             return Ok(());
         }

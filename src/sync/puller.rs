@@ -63,7 +63,7 @@ pub(crate) async fn pull_file(inner: &Arc<Inner>, job: PullJob) -> Result<(), Ap
 fn prepare(inner: &Inner, job: &PullJob) -> Result<(File, Vec<ChunkRef>), ApplyError> {
     let (file, existed) = job.fs.open_temp(&job.record)?;
     let mut missing: Vec<ChunkRef> = Vec::new();
-    let mut zeros = ZeroChunk::for_record(&job.record);
+    let mut zeros = ZeroChunk::new();
     for (idx, chunk) in job.record.chunks.iter().enumerate() {
         if existed && chunk_matches(&file, chunk) {
             inner.stats.resumed.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
@@ -118,20 +118,31 @@ pub(crate) fn copy_local(
 /// point, so the chunker cuts it into chunks of the largest size it makes for the file. The
 /// hash of such a chunk is computed once, when a chunk of that size first appears.
 struct ZeroChunk {
-    len: u32,
-    hash: Option<Hash>,
+    /// The hash of a run of zeros, per chunk length seen (a run of zeros is cut into
+    /// maximum-length chunks, whatever parameters the sender used).
+    hashes: Vec<(u32, Hash)>,
 }
 
 impl ZeroChunk {
-    fn for_record(record: &FileRecord) -> Self {
-        let max = crate::scan::hasher::ChunkParams::for_size(record.size).max;
-        Self { len: u32::try_from(max).unwrap_or(u32::MAX), hash: None }
+    fn new() -> Self {
+        Self { hashes: Vec::new() }
     }
 
     fn matches(&mut self, chunk: &ChunkRef) -> bool {
-        let len = self.len as usize;
-        chunk.len == self.len
-            && chunk.hash == *self.hash.get_or_insert_with(|| Hash::of(&vec![0; len]))
+        // only the lengths FastCDC uses as a maximum can be a cut run of zeros
+        let max_lengths = (0..5).map(|k| (256u32 << 10) << k);
+        if !max_lengths.clone().any(|m| m == chunk.len) {
+            return false;
+        }
+        let hash = match self.hashes.iter().find(|(len, _)| *len == chunk.len) {
+            Some((_, hash)) => *hash,
+            None => {
+                let hash = Hash::of(&vec![0; chunk.len as usize]);
+                self.hashes.push((chunk.len, hash));
+                hash
+            }
+        };
+        chunk.hash == hash
     }
 }
 

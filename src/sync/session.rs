@@ -8,12 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tandem_proto::model::{DeviceId, FolderId};
 use tandem_proto::wire::{
     Close, CloseCode, ClusterConfig, FolderShare, Hello, IndexBatch, MAX_IN_FLIGHT,
-    MAX_INDEX_BATCH, Message, PROTOCOL_VERSION, Response, ResponseBody,
+    MAX_INDEX_BATCH, MAX_REQUEST, Message, PROTOCOL_VERSION, Response, ResponseBody,
 };
 use tokio::sync::Semaphore;
 
@@ -313,6 +314,14 @@ async fn receive(
                 batch.records.len()
             )));
         }
+        for record in &batch.records {
+            record.check_chunks().map_err(|e| {
+                ProtocolError::Violation(format!(
+                    "record {} in folder {}: {e}",
+                    record.path, batch.folder
+                ))
+            })?;
+        }
         store_batch(inner, &peer_key, share.index_id, &batch)?;
         let paths: Vec<_> = batch.records.iter().map(|r| r.path.clone()).collect();
         inner.peer_news(&batch.folder, &paths, batch.first);
@@ -346,17 +355,31 @@ fn kind(message: &Message) -> &'static str {
     }
 }
 
-/// Answers the peer's requests, at most `MAX_IN_FLIGHT` at once.
+/// Answers the peer's requests, at most `MAX_IN_FLIGHT` at once. Requests an honest peer
+/// never sends (too many at once, over the size limit) are refused and logged, once per
+/// connection and kind so a flood cannot flood the log.
 async fn serve_requests(inner: Arc<Inner>, conn: quinn::Connection, peer: DeviceId) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let logged = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let (inner, slots) = (inner.clone(), slots.clone());
+        let (inner, slots, logged) = (inner.clone(), slots.clone(), logged.clone());
         tokio::spawn(async move {
             let permit = slots.try_acquire();
             let (mut tx, mut rx) = (FramedSend::new(send), FramedRecv::new(recv));
             let Ok(Some(Message::Request(request))) = rx.recv().await else { return };
             let body = match permit {
-                Err(_) => ResponseBody::Error(tandem_proto::wire::ErrorCode::Busy),
+                Err(_) => {
+                    if !logged[0].swap(true, Ordering::Relaxed) {
+                        tracing::warn!(%peer, "{peer} has more than {MAX_IN_FLIGHT} requests in flight; answering Busy");
+                    }
+                    ResponseBody::Error(tandem_proto::wire::ErrorCode::Busy)
+                }
+                Ok(_) if request.size > MAX_REQUEST => {
+                    if !logged[1].swap(true, Ordering::Relaxed) {
+                        tracing::warn!(%peer, "refused a request from {peer} for {} bytes (the limit is {MAX_REQUEST})", request.size);
+                    }
+                    ResponseBody::Error(tandem_proto::wire::ErrorCode::Invalid)
+                }
                 Ok(_) => answer(&inner, &peer, &request).await,
             };
             let _ = tx.send(&Message::Response(Response { id: request.id, body })).await;

@@ -417,6 +417,30 @@ impl FolderFs {
         fs::rename(self.abs(from), self.abs(to)).map_err(io_at(to))
     }
 
+    /// Moves the file `from` to `to` (a sync rename: `from` is deleted globally and its
+    /// content is needed at `to`). Both must be as indexed; a file at `to` is replaced
+    /// atomically, its version kept in the trash first, as [`Self::install`] does.
+    pub fn rename_replacing(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        from_indexed: Option<&LocalRecord>,
+        to_indexed: Option<&LocalRecord>,
+    ) -> Result<(), ApplyError> {
+        self.check_unchanged(from, from_indexed)?;
+        self.check_unchanged(to, to_indexed)?;
+        match self.stat(to)? {
+            Some(meta) if meta.is_file() => {
+                let kept = self.trash_path(to)?;
+                fs::hard_link(self.abs(to), &kept).map_err(io_at(to))?;
+                tracing::info!("{to}: previous version kept in {}", kept.display());
+            }
+            Some(_) => return Err(ApplyError::LocalChange(to.clone())),
+            None => {}
+        }
+        fs::rename(self.abs(from), self.abs(to)).map_err(io_at(to))
+    }
+
     /// Deletes a file, symlink or empty directory that is as indexed.
     pub fn delete(&self, rel: &RelPath, indexed: Option<&LocalRecord>) -> Result<(), ApplyError> {
         self.check_unchanged(rel, indexed)?;

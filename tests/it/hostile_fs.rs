@@ -709,7 +709,7 @@ fn names_of_255_bytes_sync_and_256_bytes_cannot_exist_or_be_sent() {
     let frame = crate::hostile::index_frame_patched(&placeholder, &"q".repeat(256));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let (conn, mut send, _recv) = crate::hostile::open_session(&mallory, &a).await;
+        let (conn, mut send, _recv) = crate::hostile::open_raw_session(&mallory, &a).await;
         let _ = send.write_all(&frame).await;
         let _ = send.finish();
         let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await;

@@ -5,9 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod chaos;
 mod cli;
 mod conflicts;
 mod control;
+mod crash;
 mod hostile;
 mod hostile_fs;
 mod scan;

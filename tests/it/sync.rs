@@ -319,6 +319,24 @@ fn files_deleted_or_replaced_by_sync_are_kept_in_the_trash() {
 }
 
 #[test]
+fn a_file_renamed_over_another_replaces_it_on_the_peer_and_the_old_version_goes_to_the_trash() {
+    let (a, b) = pair();
+    a.write("target.txt", b"old target");
+    a.write("source.txt", b"moved over the target");
+    {
+        let _serve = a.serve();
+        b.sync_ok();
+    }
+    // `mv source.txt target.txt`: the peer plans a rename onto a live file
+    fs::rename(a.path("source.txt"), a.path("target.txt")).unwrap();
+    let _serve = a.serve();
+    b.sync_ok();
+    assert_eq!(fs::read(b.path("target.txt")).unwrap(), b"moved over the target");
+    assert!(!b.path("source.txt").exists());
+    assert!(trash_contents(&b).contains(&b"old target".to_vec()), "replaced version not kept");
+}
+
+#[test]
 fn receive_only_holds_local_changes_back_until_the_folder_switches_to_send_receive() {
     let (a, b) = pair();
     a.write("doc.txt", b"from a");

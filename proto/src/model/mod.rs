@@ -13,6 +13,7 @@ pub use device::{DeviceId, DeviceIdError, ShortId};
 pub use folder::{FolderId, FolderIdError};
 pub use path::{MAX_COMPONENT, MAX_PATH, PathError, RelPath};
 pub use record::{
-    ChunkRef, EntryKind, FileRecord, FolderMode, FolderModeError, Hash, HashParseError,
+    ChunkListError, ChunkRef, EntryKind, FileRecord, FolderMode, FolderModeError, Hash,
+    HashParseError, MAX_CHUNK,
 };
 pub use version::{Counter, VectorOrdering, VersionVector};

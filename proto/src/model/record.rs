@@ -162,6 +162,41 @@ impl FromStr for FolderMode {
     }
 }
 
+/// The largest chunk a file record may list (4 MiB, equal to `wire::MAX_REQUEST`: every
+/// chunk must be fetchable with one request).
+pub const MAX_CHUNK: u32 = 4 << 20;
+
+/// Why a file record's chunk list does not describe its content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkListError {
+    /// A chunk does not start where the previous one ended.
+    #[error("chunk {index} starts at {offset}, expected {expected}")]
+    Gap {
+        /// Which chunk.
+        index: usize,
+        /// Where it starts.
+        offset: u64,
+        /// Where the previous one ended.
+        expected: u64,
+    },
+    /// A chunk is empty or larger than [`MAX_CHUNK`].
+    #[error("chunk {index} is {len} bytes (1 to {MAX_CHUNK} allowed)")]
+    Length {
+        /// Which chunk.
+        index: usize,
+        /// Its length.
+        len: u32,
+    },
+    /// The chunks do not add up to the file's size.
+    #[error("chunks cover {covered} of {size} bytes")]
+    Size {
+        /// Bytes the chunks cover.
+        covered: u64,
+        /// The record's size.
+        size: u64,
+    },
+}
+
 /// What one replica announces about one path.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FileRecord {
@@ -203,6 +238,33 @@ impl FileRecord {
                     && self.symlink_target == other.symlink_target))
     }
 
+    /// Checks that a live file's chunk list can describe its content: contiguous from
+    /// offset 0, each chunk 1 to [`MAX_CHUNK`] bytes, together exactly `size` bytes.
+    /// Directories, symlinks and tombstones are not checked (their chunks are unused).
+    ///
+    /// A peer's record that fails this would make the receiver size, read and hash bytes
+    /// that no chunk accounts for (a 4 EiB file with one chunk), so it is refused.
+    pub fn check_chunks(&self) -> Result<(), ChunkListError> {
+        if self.deleted || self.kind != EntryKind::File {
+            return Ok(());
+        }
+        let mut covered = 0u64;
+        for (index, chunk) in self.chunks.iter().enumerate() {
+            if chunk.offset != covered {
+                return Err(ChunkListError::Gap { index, offset: chunk.offset, expected: covered });
+            }
+            if chunk.len == 0 || chunk.len > MAX_CHUNK {
+                return Err(ChunkListError::Length { index, len: chunk.len });
+            }
+            covered = covered.saturating_add(u64::from(chunk.len));
+        }
+        if covered == self.size {
+            Ok(())
+        } else {
+            Err(ChunkListError::Size { covered, size: self.size })
+        }
+    }
+
     /// True when content and synced metadata (mode, and mtime for files) are equal.
     pub fn same_entry(&self, other: &Self) -> bool {
         self.same_content(other)
@@ -222,6 +284,49 @@ mod tests {
         assert_eq!(h.to_hex(), blake3::hash(b"hello").to_hex().as_str());
         assert_eq!(h.to_hex().parse::<Hash>(), Ok(h));
         assert!("xyz".parse::<Hash>().is_err());
+    }
+
+    fn file(size: u64, chunks: &[(u64, u32)]) -> FileRecord {
+        FileRecord {
+            path: RelPath::new("f").unwrap(),
+            kind: EntryKind::File,
+            size,
+            mtime_ns: 0,
+            mode: 0o644,
+            symlink_target: None,
+            hash: Hash::ZERO,
+            chunks: chunks
+                .iter()
+                .map(|&(offset, len)| ChunkRef { offset, len, hash: Hash::ZERO })
+                .collect(),
+            version: VersionVector::new(),
+            sequence: 1,
+            deleted: false,
+            modified_by: ShortId::new(1),
+        }
+    }
+
+    #[test]
+    fn a_chunk_list_must_cover_the_file_exactly() {
+        assert_eq!(file(0, &[]).check_chunks(), Ok(()));
+        assert_eq!(file(10, &[(0, 4), (4, 6)]).check_chunks(), Ok(()));
+        assert_eq!(file(MAX_CHUNK.into(), &[(0, MAX_CHUNK)]).check_chunks(), Ok(()));
+        let size = |covered, size| Err(ChunkListError::Size { covered, size });
+        assert_eq!(file(1 << 62, &[(0, 5)]).check_chunks(), size(5, 1 << 62));
+        assert_eq!(file(1 << 40, &[]).check_chunks(), size(0, 1 << 40));
+        assert_eq!(file(3, &[(0, 5)]).check_chunks(), size(5, 3));
+        let gap = Err(ChunkListError::Gap { index: 1, offset: 5, expected: 4 });
+        assert_eq!(file(10, &[(0, 4), (5, 5)]).check_chunks(), gap);
+        let length = |index, len| Err(ChunkListError::Length { index, len });
+        assert_eq!(file(0, &[(0, 0)]).check_chunks(), length(0, 0));
+        assert_eq!(file(u32::MAX.into(), &[(0, u32::MAX)]).check_chunks(), length(0, u32::MAX));
+        // only live files are checked
+        let mut dir = file(1 << 62, &[]);
+        dir.kind = EntryKind::Dir;
+        assert_eq!(dir.check_chunks(), Ok(()));
+        let mut tomb = file(7, &[]);
+        tomb.deleted = true;
+        assert_eq!(tomb.check_chunks(), Ok(()));
     }
 
     #[test]

@@ -768,3 +768,8 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn every_chunk_a_record_may_list_fits_one_request() {
+    assert_eq!(crate::model::MAX_CHUNK, crate::wire::MAX_REQUEST);
+}

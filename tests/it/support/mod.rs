@@ -186,6 +186,16 @@ impl Daemon {
     pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The daemon's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True once the daemon has scanned and accepts connections.
+    pub(crate) fn is_listening(&self) -> bool {
+        self.log_text().contains("listening on")
+    }
 }
 
 impl Drop for Daemon {
@@ -237,14 +247,14 @@ impl Device {
         self.ok(&["folder", "share", "docs", &id]);
     }
 
-    /// Starts `tandem serve` with extra environment variables.
-    pub(crate) fn serve_with(&self, env: &[(&str, &str)]) -> Daemon {
-        self.serve_as(&[], env)
+    /// Starts `tandem serve` with extra environment variables, without waiting for it.
+    pub(crate) fn spawn_serve(&self, env: &[(&str, &str)]) -> Daemon {
+        self.spawn_serve_as(&[], env)
     }
 
     /// Starts `tandem serve` through `wrapper`, a command prefix such as
-    /// `setpriv --reuid=65534 …` (empty: run it directly).
-    pub(crate) fn serve_as(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
+    /// `setpriv --reuid=65534 …` (empty: run it directly), without waiting for it.
+    pub(crate) fn spawn_serve_as(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = self.dir.path().join(format!("serve-{}.log", free_port()));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = match wrapper {
@@ -260,9 +270,20 @@ impl Device {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let daemon = Daemon { child: cmd.spawn().expect("spawn serve"), log };
+        Daemon { child: cmd.spawn().expect("spawn serve"), log }
+    }
+
+    /// Starts `tandem serve` with extra environment variables; returns once it listens.
+    pub(crate) fn serve_with(&self, env: &[(&str, &str)]) -> Daemon {
+        self.serve_as(&[], env)
+    }
+
+    /// Starts `tandem serve` through `wrapper` (see [`Self::spawn_serve_as`]); returns once
+    /// it listens.
+    pub(crate) fn serve_as(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let daemon = self.spawn_serve_as(wrapper, env);
         // ready once it has scanned and accepts connections
-        let ready = wait_until(60, || daemon.log_text().contains("listening on"));
+        let ready = wait_until(60, || daemon.is_listening());
         assert!(ready, "serve did not start: {}", daemon.log_text());
         daemon
     }
@@ -365,4 +386,51 @@ pub(crate) fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
     blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
     out
+}
+
+/// A small seeded PRNG (xorshift64*): reproducible test randomness without a dependency.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (any value; 0 is remapped).
+    pub(crate) fn new(seed: u64) -> Self {
+        Self((seed ^ 0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// A seed from the environment variable `var` if set, else from the clock; printed so
+    /// a failing run can be replayed.
+    pub(crate) fn seed_from_env(var: &str) -> u64 {
+        let seed = std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+        eprintln!("{var}={seed} (set it to replay this run)");
+        seed
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (`n` > 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `p`.
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, …).
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = text.lines().find(|l| l.starts_with(&format!("{field}:"))).expect("field");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("KiB value")
 }
