@@ -54,7 +54,7 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 for c in "${CORPORA[@]}"; do case "$c" in mixed|small|big|tiny) ;; *) die "unknown corpus $c (mixed small big tiny)";; esac; done
 for t in "${TOOLS[@]}"; do case "$t" in tandem|rsync|syncthing) ;; *) die "unknown tool $t (tandem rsync syncthing)";; esac; done
 for f in make_corpus.sh rsync_pair.sh syncthing_pair.sh; do [ -f "$ANCHORS/$f" ] || die "$ANCHORS/$f missing"; done
-for tool in python3 rsync syncthing diff find awk sed; do
+for tool in python3 rsync syncthing diff find awk sed setsid; do
   command -v "$tool" >/dev/null || die "$tool not found (on Debian: apt-get install $tool)"
 done
 [ -x /usr/bin/time ] || die "/usr/bin/time not found (apt-get install time)"
@@ -77,7 +77,12 @@ RAW=$RUN/raw.txt; : >"$RAW"
 CHILD=; SAMPLER=
 cleanup() {
   local rc=$?
-  if [ -n "$CHILD" ]; then kill -TERM "$CHILD" 2>/dev/null || true; wait "$CHILD" 2>/dev/null || true; fi
+  trap '' INT TERM
+  if [ -n "$CHILD" ]; then
+    echo "run.sh: stopping the running benchmark (process group $CHILD)" >&2
+    kill -TERM -- -"$CHILD" 2>/dev/null || kill -TERM "$CHILD" 2>/dev/null || true
+    wait "$CHILD" 2>/dev/null || true
+  fi
   if [ -n "$SAMPLER" ]; then kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; fi
   rm -rf "$RUN/dst" "$RUN/rsync_src"
   if [ "${KEEP_WORKDIR:-0}" = 1 ]; then echo "workdir kept: $RUN" >&2; else rm -rf "$RUN"; fi
@@ -128,8 +133,8 @@ T_START=$EPOCHREALTIME
 SAMPLER=$!
 
 FAILED=()
-# run_tool TOOL CORPUS MODE CMD...: runs CMD in the background (so a signal reaches the trap),
-# prefixes its key=value lines with @TOOL:CORPUS, logs stderr, records failures and goes on
+# run_tool TOOL CORPUS MODE CMD...: runs CMD in the background in its own process group (so a
+# signal reaches our trap, which stops that whole group and lets its script clean up), prefixes its key=value lines with @TOOL:CORPUS, logs stderr, records failures and goes on
 run_tool() {
   local tool=$1 corpus=$2 mode=$3 rc=0 t0; shift 3
   sync; sleep "$PAUSE_S"
@@ -137,7 +142,7 @@ run_tool() {
   echo "== $tool on $corpus ($mode)  load $(load3)" >&2
   meta step "tool=$tool corpus=$corpus mode=$mode loadavg1_before=$(cut -d' ' -f1 /proc/loadavg)"
   t0=$EPOCHREALTIME
-  KEEP_WORKDIR=0 "$@" >"$RUN/out.txt" 2>"$RUN/logs/$tool-$corpus.log" &
+  KEEP_WORKDIR=0 setsid "$@" >"$RUN/out.txt" 2>"$RUN/logs/$tool-$corpus.log" &
   CHILD=$!
   wait "$CHILD" || rc=$?
   CHILD=

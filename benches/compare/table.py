@@ -113,7 +113,7 @@ def corpus_label(meta, corpus):
     for d in meta.get("corpus", []):
         if d.get("kind") == corpus:
             files, nbytes = int(d.get("files", 0)), int(d.get("bytes", 0))
-            return f"{corpus} ({files:,} files, {nbytes / 2 ** 20:,.0f} MiB)"
+            return f"{corpus} ({files:,} file{'' if files == 1 else 's'}, {nbytes / 2 ** 20:,.0f} MiB)"
     return corpus
 
 
