@@ -129,7 +129,9 @@ meta run "date=$DATE nproc=$(nproc) mem_kib=$(awk '/MemTotal/ {print $2}' /proc/
   "pause_s=$PAUSE_S st_low_priority=${ST_LOW_PRIORITY-default} edit_n=$EDIT_N nice=$(nice)" \
   "loadavg_before=\"$(load3)\""
 T_START=$EPOCHREALTIME
-( while :; do echo "$EPOCHREALTIME $(cut -d' ' -f1 /proc/loadavg)"; sleep 15; done ) >"$RUN/load.txt" &
+( trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+  while :; do echo "$EPOCHREALTIME $(cut -d' ' -f1 /proc/loadavg)"; sleep 15 & nap=$!; wait "$nap"; done
+) >"$RUN/load.txt" &
 SAMPLER=$!
 
 FAILED=()
@@ -182,6 +184,7 @@ fi
 
 kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; SAMPLER=
 echo "$EPOCHREALTIME $(cut -d' ' -f1 /proc/loadavg)" >>"$RUN/load.txt"
+meta load1 "every_s=15 values=$(awk '{print $2}' "$RUN/load.txt" | paste -sd, -)"
 
 # ---------------------------------------------------------------- corpora still pristine?
 for kind in "${CORPORA[@]}"; do
@@ -197,6 +200,6 @@ done
 meta run_end "loadavg_after=\"$(load3)\" elapsed_s=$(awk -v a="$T_START" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.0f", b - a}')" \
   "failed=\"${FAILED[*]}\""
 
-"$PY" "$HERE/table.py" "$RAW" --load "$RUN/load.txt" --out "$OUT"
+"$PY" "$HERE/table.py" "$RAW" --out "$OUT"
 echo "== written $OUT" >&2
 [ ${#FAILED[@]} -eq 0 ] || die "failed: ${FAILED[*]} (see the table's notes; KEEP_WORKDIR=1 keeps the logs)"

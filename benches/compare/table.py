@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""table.py RAW [--load LOAD.txt] [--out FILE.md] — the summary of benches/compare/run.sh.
+"""table.py RAW [--out FILE.md [--notes NOTES.md]] — the summary of benches/compare/run.sh.
 
 RAW holds the key=value lines of tandem_pair.sh, latency.sh, rsync_pair.sh and
-syncthing_pair.sh, each prefixed by run.sh with "@TOOL:CORPUS ", plus "@meta:KIND ..." lines.
+syncthing_pair.sh, each prefixed by run.sh with "@TOOL:CORPUS ", plus "@meta:KIND ..." lines
+(machine, corpora, per-run load, 1-min load samples). A report's appendix is such a file, so
+a report can be rebuilt from its own appendix.
 Prints the ratio table (tandem / each peer, tandem / best peer; below 1 = tandem better) and
 writes a markdown report: date, machine, load, the tables, what each row measures, and the raw
 lines in an appendix. Standard library only.
@@ -157,9 +159,13 @@ def build_rows(meta, data, corpora):
         rows.append((f"{what}: time, Syncthing via its watcher (10 s delay)", "s",
                      num(t and t.get("tandem_insert_s")), None,
                      num(s_watch and s_watch.get("syncthing_insert_s")), "Syncthing: trigger=watch"))
-        rows.append((f"{what}: bytes to the destination", "b", num(t and t.get("network_bytes")),
-                     num(r and r.get("rsync_insert_bytes_sent")), num(s_scan and s_scan.get("dst_in_bytes")),
-                     "tandem: chunk payload; rsync: bytes sent; Syncthing: dst inBytesTotal"))
+        note = "tandem: chunk payload; rsync: bytes sent; Syncthing: dst inBytesTotal"
+        tn, fb, ib = num(t and t.get("network_bytes")), num(t and t.get("file_bytes")), num(t and t.get("insert_bytes"))
+        if tn and fb and ib and tn > 10 * ib:
+            note += (f"; **tandem re-sent {100 * tn / fb:.0f}% of the file**"
+                     + (f" (reused locally: {fmt_b(num(t.get('reused_bytes')))})" if num(t.get("reused_bytes")) is not None else ""))
+        rows.append((f"{what}: bytes to the destination", "b", tn,
+                     num(r and r.get("rsync_insert_bytes_sent")), num(s_scan and s_scan.get("dst_in_bytes")), note))
         rows.append((f"{what}: all traffic, both directions", "b", num(t and t.get("wire_bytes")),
                      add(None, r and r.get("rsync_insert_bytes_sent"), r and r.get("rsync_insert_bytes_received")),
                      None, "tandem: loopback bytes; rsync: sent + received"))
@@ -194,14 +200,14 @@ def build_rows(meta, data, corpora):
 
 
 def ratio_table(rows):
-    out = ["| row | tandem | rsync | Syncthing | tandem / rsync | tandem / Syncthing | tandem / best peer |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| row | tandem | rsync | Syncthing | tandem / rsync | tandem / Syncthing | tandem / best peer | note |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, kind, t, r, s, note in rows:
         f = fmt_s if kind == "s" else fmt_b
         peers = [p for p in (r, s) if p is not None and p > 0]
         best = min(peers) if peers else None
         out.append(f"| {label} | {f(t)} | {f(r)} | {f(s)} | {fmt_r(ratio(t, r))} | {fmt_r(ratio(t, s))} "
-                   f"| {fmt_r(ratio(t, best))} |")
+                   f"| {fmt_r(ratio(t, best))} | {note} |")
     return out
 
 
@@ -237,18 +243,16 @@ def resource_table(meta, data, corpora):
     return out
 
 
-def load_summary(path):
-    vals = []
-    try:
-        for line in open(path):
-            p = line.split()
-            if len(p) == 2:
-                vals.append(float(p[1]))
-    except OSError:
-        pass
-    if not vals:
-        return None
-    return f"min {min(vals):.2f}, median {statistics.median(vals):.2f}, max {max(vals):.2f} ({len(vals)} samples, every 15 s)"
+def load_summary(meta):
+    d = (meta.get("load1") or [{}])[0]
+    vals = [float(v) for v in d.get("values", "").split(",") if v]
+    every = d.get("every_s", "?")
+    if vals:
+        return (f"min {min(vals):.2f}, median {statistics.median(vals):.2f}, max {max(vals):.2f} "
+                f"({len(vals)} samples, every {every} s)")
+    if "median" in d:  # a summary line instead of the samples
+        return f"min {d.get('min')}, median {d.get('median')}, max {d.get('max')} ({d.get('n')} samples, every {every} s)"
+    return None
 
 
 DEFINITIONS = """\
@@ -291,8 +295,8 @@ DEFINITIONS = """\
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("raw")
-    ap.add_argument("--load")
     ap.add_argument("--out")
+    ap.add_argument("--notes", help="markdown file whose text is added as a Notes section")
     a = ap.parse_args()
     meta, lines, raw = parse(a.raw)
     data = Data(lines)
@@ -310,7 +314,7 @@ def main():
     if not a.out:
         return
     mem = int(run.get("mem_kib", 0)) / 2 ** 20
-    lsum = load_summary(a.load) if a.load else None
+    lsum = load_summary(meta)
     failed = end.get("failed", "")
     md = [f"# tandem vs rsync vs Syncthing — {run.get('date', '?')}", "",
           "Produced by `benches/compare/run.sh` in one run; everything on 127.0.0.1 (each pair in its own "
@@ -326,7 +330,8 @@ def main():
           f"{'off (nice 0, like the others)' if run.get('st_low_priority') == '0' else 'Syncthing default (nice 11)'}; "
           f"Syncthing edits per trigger {run.get('edit_n', '?')}; run.sh at nice {run.get('nice', '?')} |",
           "| corpora | " + "; ".join(
-              f"{d.get('kind')}: {int(d.get('files', 0)):,} files, {int(d.get('bytes', 0)):,} B, "
+              f"{d.get('kind')}: {int(d.get('files', 0)):,} file{'' if d.get('files') == '1' else 's'}, "
+              f"{int(d.get('bytes', 0)):,} B, "
               f"manifest {d.get('manifest_sha256', '')[:16]}{' (reused)' if d.get('reused') == '1' else ''}"
               for d in meta.get("corpus", [])) + " |",
           "| corpora pristine after the run | " + ", ".join(
@@ -336,6 +341,8 @@ def main():
         md.append(f"| **failed runs** | {failed} |")
     md += ["", "## Ratios", "", "Below 1× tandem is faster or sends fewer bytes. This machine is shared: "
            "wall times swing with the load shown above; CPU seconds are steadier.", ""] + ratios
+    if a.notes:
+        md += ["", "## Notes", "", open(a.notes).read().strip()]
     md += ["", "## CPU seconds and peak RSS per row", ""] + resources
     md += ["", "## What each row measures", "", DEFINITIONS.rstrip(), ""]
     md += ["## Runs", "", "| tool | corpus | mode | exit | wall s | load1 before → after |", "| --- | --- | --- | --- | --- | --- |"]

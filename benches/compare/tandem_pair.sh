@@ -29,9 +29,10 @@
 #   tandem_noop_s=…  tandem_insert_s=… insert_bytes=1048576 file_bytes=…
 #   tandem_small_modify_s=… small_modify_count=… small_files=…
 # network_bytes = the puller's chunk payload from `tandem sync`'s summary ("in sync: N bytes
-# received from peers"); wire_bytes = every byte the loopback interface carried during the
-# phase, both directions, IP/UDP/QUIC headers, handshakes and index exchange included (only
-# when the run has a private network namespace, where nothing else uses lo; else "na").
+# received from peers"), reused_bytes = its "M bytes reused locally"; wire_bytes = every byte
+# the loopback interface carried during the phase, both directions, IP/UDP/QUIC headers,
+# handshakes and index exchange included (only when the run has a private network namespace,
+# where nothing else uses lo; else "na").
 #
 # Environment: TANDEM (binary, default target/release/tandem), INSERT_BYTES [1048576],
 #   SMALL_MAX [65536], PCT [1], PHASE_TIMEOUT_S [1800], TD_NETNS auto|1|0 (run in a private
@@ -134,7 +135,7 @@ loadavg1() { cut -d' ' -f1 /proc/loadavg; }
 
 # run_phase NAME: times serve-startup + sync, prints one key=value line (without a newline)
 run_phase() {
-  local name=$1 t0 t1 t2 lo0 lo1 hz su ss sm du ds dm net wire verify
+  local name=$1 t0 t1 t2 lo0 lo1 hz su ss sm du ds dm net reused wire verify
   rm -f "$WORK/src/control.sock"
   lo0=$(lo_bytes)
   t0=$(now)
@@ -159,15 +160,16 @@ run_phase() {
   read -r du ds dm < <(tail -n 1 "$WORK/dst.time")
   net=$(grep -o 'in sync: [0-9]*' "$WORK/dst.err" | grep -o '[0-9]*$' || true)
   [ -n "$net" ] || { echo "no 'in sync:' summary from tandem sync:" >&2; cat "$WORK/dst.err" >&2; exit 1; }
+  reused=$(grep -o '[0-9]* bytes reused locally' "$WORK/dst.err" | grep -o '^[0-9]*' || echo na)
   if [ "$lo0" = na ]; then wire=na; else wire=$((lo1 - lo0)); fi
   if diff -rq --no-dereference --exclude='.tandem*' "$SRC" "$DST" >"$WORK/diff.out" 2>&1; then verify=ok
   else verify=FAILED; echo "SRC and DST differ after $name:" >&2; head -20 "$WORK/diff.out" >&2; fi
-  "$PY" - "$name" "$t0" "$t1" "$t2" "$su" "$ss" "$sm" "$du" "$ds" "$dm" "$net" "$wire" <<'PY'
+  "$PY" - "$name" "$t0" "$t1" "$t2" "$su" "$ss" "$sm" "$du" "$ds" "$dm" "$net" "$reused" "$wire" <<'PY'
 import sys
-name, t0, t1, t2, su, ss, sm, du, ds, dm, net, wire = sys.argv[1:]
+name, t0, t1, t2, su, ss, sm, du, ds, dm, net, reused, wire = sys.argv[1:]
 t0, t1, t2 = float(t0), float(t1), float(t2)
 print(f"tandem_{name}_s={t2 - t0:.3f} src_scan_s={t1 - t0:.3f} sync_s={t2 - t1:.3f} "
-      f"network_bytes={net} wire_bytes={wire} src_cpu_s={float(su) + float(ss):.2f} "
+      f"network_bytes={net} reused_bytes={reused} wire_bytes={wire} src_cpu_s={float(su) + float(ss):.2f} "
       f"dst_cpu_s={float(du) + float(ds):.2f} src_peak_rss_mib={int(sm) // 1024} "
       f"dst_peak_rss_mib={int(dm) // 1024}", end="")
 PY
