@@ -219,6 +219,9 @@ pub struct Faults {
     /// `TANDEM_TEST_WATCH_LIMIT=N`: watching a tree of more than N directories fails as
     /// if inotify's watch limit (`fs.inotify.max_user_watches`) were exhausted.
     pub watch_limit: Option<usize>,
+    /// `TANDEM_TEST_STALL_SECS=N`: a peer that sends nothing for N s while requests wait is
+    /// given up on (default 30 s).
+    pub stall_secs: Option<u64>,
 }
 
 impl Faults {
@@ -232,9 +235,13 @@ impl Faults {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             watch_limit: std::env::var("TANDEM_TEST_WATCH_LIMIT").ok().and_then(|v| v.parse().ok()),
+            stall_secs: std::env::var("TANDEM_TEST_STALL_SECS").ok().and_then(|v| v.parse().ok()),
         };
-        if faults.corrupt_responses || faults.response_delay_ms > 0 || faults.watch_limit.is_some()
-        {
+        let active = faults.corrupt_responses
+            || faults.response_delay_ms > 0
+            || faults.watch_limit.is_some()
+            || faults.stall_secs.is_some();
+        if active {
             tracing::warn!("TEST FAULTS ACTIVE: {faults:?}");
         }
         faults

@@ -11,11 +11,12 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 use tandem_proto::model::{ChunkRef, DeviceId, FileRecord, FolderId, Hash, RelPath};
 use tandem_proto::rules::LocalChunk;
-use tandem_proto::wire::{ErrorCode, Message, Request, ResponseBody};
+use tandem_proto::wire::{CloseCode, ErrorCode, Message, Request, ResponseBody};
 
 use crate::net::conn::{FramedRecv, FramedSend};
 use crate::store::LocalRecord;
@@ -228,7 +229,7 @@ async fn fetch_chunk(
             size: chunk.len,
             hash: chunk.hash,
         };
-        match request_once(conn, request).await {
+        match request_once(inner, conn, request).await {
             Ok(data) if Hash::of(&data) == chunk.hash => {
                 inner.stats.network.fetch_add(data.len() as u64, Ordering::Relaxed);
                 return Ok(data);
@@ -242,15 +243,57 @@ async fn fetch_chunk(
                 );
             }
             Err(reason) => {
-                tracing::debug!("{}: chunk at {}: {reason}", job.record.path, chunk.offset)
+                tracing::debug!("{}: chunk at {}: {reason}", job.record.path, chunk.offset);
+                if conn.close_reason().is_some() {
+                    continue; // closed (perhaps as stalled): the next peer, if any
+                }
             }
         }
     }
     Err(ApplyError::NoSource(job.record.path.clone()))
 }
 
-/// Sends one request on a new stream and reads its response.
-async fn request_once(conn: &quinn::Connection, request: Request) -> Result<Vec<u8>, String> {
+/// Longest wait for one response.
+const REQUEST_LIMIT: Duration = Duration::from_secs(600);
+
+/// How long a connection may send no stream data at all while our requests wait. A slow
+/// link with many requests queued still delivers *some* response within this; a peer that
+/// accepts requests and never answers does not, and its connection is closed so the
+/// transfer can go on with other peers (or fail, and be retried with backoff).
+fn stall_limit(inner: &Inner) -> Duration {
+    Duration::from_secs(inner.faults.stall_secs.unwrap_or(30))
+}
+
+/// Sends one request on a new stream and reads its response; gives up when the peer stalls.
+async fn request_once(
+    inner: &Inner,
+    conn: &quinn::Connection,
+    request: Request,
+) -> Result<Vec<u8>, String> {
+    let exchange = exchange(conn, request);
+    tokio::pin!(exchange);
+    let stall = stall_limit(inner);
+    let started = tokio::time::Instant::now();
+    let mut seen = conn.stats().frame_rx.stream;
+    loop {
+        tokio::select! {
+            result = &mut exchange => return result,
+            () = tokio::time::sleep(stall) => {
+                let now = conn.stats().frame_rx.stream;
+                if now == seen || started.elapsed() >= REQUEST_LIMIT {
+                    let why = format!("sent no data for {} s while requests waited", stall.as_secs());
+                    tracing::warn!(peer = %conn.remote_address(), "closing the connection: the peer {why}");
+                    conn.close(CloseCode::ProtocolError.as_u32().into(), b"requests unanswered");
+                    return Err(format!("the peer {why}"));
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
+/// The request and its response on a new stream.
+async fn exchange(conn: &quinn::Connection, request: Request) -> Result<Vec<u8>, String> {
     let id = request.id;
     let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut tx = FramedSend::new(send);

@@ -632,3 +632,34 @@ fn a_name_under_a_parent_that_is_a_symlink_here_is_not_written_through_it() {
     assert!(copies[0].file_type().unwrap().is_symlink());
     assert_survived(&victim, &honest, &serve.log_text());
 }
+
+#[test]
+fn a_peer_that_accepts_requests_and_never_answers_is_dropped_and_the_file_fails_cleanly() {
+    let (victim, mallory, honest) = victim_mallory_honest();
+    // the fault hook shortens the stall limit from 30 s to 2 s
+    let serve = victim.serve_with(&[("TANDEM_TEST_STALL_SECS", "2")]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let content = random_bytes(3, 300_000);
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let session = runtime.block_on(async {
+        let mut m = open_session(&mallory, &victim).await;
+        let records = vec![record_of("stuck.bin", &content, 100_000)];
+        m.send.write_all(&index_frame("docs", records)).await.unwrap();
+        m.send.write_all(&encode_frame(&Message::Ping).unwrap()).await.unwrap();
+        // take every request stream and hold it open without a word
+        let (conn, held) = (m.conn.clone(), held.clone());
+        tokio::spawn(async move {
+            while let Ok(streams) = conn.accept_bi().await {
+                held.lock().unwrap().push(streams);
+            }
+        });
+        m
+    });
+    let log_has = |needle: &str| wait_until(60, || serve.log_text().contains(needle));
+    assert!(log_has("sent no data for 2 s"), "{}", serve.log_text());
+    assert!(!held.lock().unwrap().is_empty(), "the victim never asked");
+    assert!(log_has("stuck.bin"), "{}", serve.log_text());
+    assert!(!victim.path("stuck.bin").exists(), "a file with unanswered chunks was installed");
+    drop(session);
+    assert_survived(&victim, &honest, &serve.log_text());
+}
