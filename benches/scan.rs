@@ -34,6 +34,7 @@ fn scans(c: &mut Criterion) {
         skip_dir: None,
         mode: FolderMode::SendReceive,
         peers: Vec::new(),
+        now_secs: 1_800_000_000,
     };
     let mut group = c.benchmark_group(format!("scan_{files}_files"));
     group.sample_size(10);

@@ -52,6 +52,10 @@ pub(super) fn scan(home: &Home, args: ScanArgs) -> anyhow::Result<()> {
             skip_dir: home.canonical(),
             mode: folder.mode,
             peers: folder.share.iter().map(ToString::to_string).collect(),
+            now_secs: std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         };
         let summary = scan_folder(&index, &target)
             .with_context(|| format!("scanning folder {}", folder.id))?;

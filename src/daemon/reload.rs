@@ -3,7 +3,7 @@
 //! restart — peers are trusted or dropped and dialed, folders start or stop, and a peer
 //! whose shares changed is reconnected so both sides exchange the new cluster config.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tandem_proto::model::FolderId;
 
@@ -70,7 +70,7 @@ impl Supervisor {
         let inner = self.inner.clone();
         let cfg2 = cfg.clone();
         let count = tokio::task::spawn_blocking(move || {
-            modes::override_folder(&inner.index, &cfg2, inner.short, now_secs())
+            modes::override_folder(&inner.index, &cfg2, inner.short, inner.version_clock())
         })
         .await
         .map_err(|e| e.to_string())?
@@ -212,8 +212,4 @@ impl Supervisor {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -141,6 +141,9 @@ pub struct ScanTarget<'a> {
     /// The peers sharing the folder (device id text), whose records decide whether a
     /// change found on disk is new or an applied global version whose commit was lost.
     pub peers: Vec<String>,
+    /// The time (Unix seconds) that stamps new versions: the caller's clock, so a test can
+    /// skew it.
+    pub now_secs: u64,
 }
 
 /// A file the walker found changed, for the hash workers.
@@ -504,8 +507,7 @@ impl<'a> Writer<'a> {
         existing: &'a KnownMap,
         applying: &'a BTreeMap<String, FileRecord>,
     ) -> Self {
-        let now_secs =
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now_secs = target.now_secs;
         Self {
             index,
             target,
@@ -759,6 +761,7 @@ mod tests {
                 skip_dir: None,
                 mode: FolderMode::SendReceive,
                 peers: Vec::new(),
+                now_secs: 1_800_000_000,
             }
         }
 

@@ -222,6 +222,9 @@ pub struct Faults {
     /// `TANDEM_TEST_STALL_SECS=N`: a peer that sends nothing for N s while requests wait is
     /// given up on (default 30 s).
     pub stall_secs: Option<u64>,
+    /// `TANDEM_TEST_CLOCK_SKEW_SECS=N`: the clock that stamps versions and conflict names
+    /// runs N seconds ahead (or behind, when negative), as on a machine with a wrong clock.
+    pub clock_skew_secs: i64,
 }
 
 impl Faults {
@@ -236,11 +239,16 @@ impl Faults {
                 .unwrap_or(0),
             watch_limit: std::env::var("TANDEM_TEST_WATCH_LIMIT").ok().and_then(|v| v.parse().ok()),
             stall_secs: std::env::var("TANDEM_TEST_STALL_SECS").ok().and_then(|v| v.parse().ok()),
+            clock_skew_secs: std::env::var("TANDEM_TEST_CLOCK_SKEW_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         };
         let active = faults.corrupt_responses
             || faults.response_delay_ms > 0
             || faults.watch_limit.is_some()
-            || faults.stall_secs.is_some();
+            || faults.stall_secs.is_some()
+            || faults.clock_skew_secs != 0;
         if active {
             tracing::warn!("TEST FAULTS ACTIVE: {faults:?}");
         }
@@ -272,6 +280,11 @@ impl Inner {
             faults: Faults::from_env(),
             request_ids: AtomicU64::new(1),
         }
+    }
+
+    /// The time (Unix seconds) that stamps new versions (`Faults::clock_skew_secs` applied).
+    pub fn version_clock(&self) -> u64 {
+        now_secs().saturating_add_signed(self.faults.clock_skew_secs)
     }
 
     /// A copy of the configuration.
@@ -1106,6 +1119,7 @@ async fn scan_scope(
             skip_dir: inner.home.canonical(),
             mode: cfg.mode,
             peers: cfg.share.iter().map(ToString::to_string).collect(),
+            now_secs: inner.version_clock(),
         };
         match &scope {
             Scope::Paths(paths) => scan_paths(&inner.index, &target, paths),
@@ -1208,7 +1222,7 @@ fn plan_folder(inner: &Inner, cfg: &FolderConfig, scope: PlanScope) -> Result<Pl
     let config = PlanConfig {
         mode: cfg.mode,
         local_id: inner.short,
-        now_secs: now_secs(),
+        now_secs: inner.version_clock(),
         case_insensitive: false,
     };
     let plan = plan(&local_records, &global, &config);

@@ -575,3 +575,32 @@ fn setuid_setgid_and_sticky_bits_are_never_synced() {
     assert_eq!(mode("shared"), 0o777);
     assert_eq!(b.entry("tool").unwrap()["mode"], "0755");
 }
+
+#[test]
+fn a_peer_whose_clock_runs_a_day_ahead_neither_wins_nor_loses_unfairly() {
+    let (a, b) = pair();
+    let skew = [("TANDEM_TEST_CLOCK_SKEW_SECS", "86400")];
+    let has = |d: &Device, want: &[u8]| fs::read(d.path("f.txt")).ok().as_deref() == Some(want);
+    let copies = |d: &Device| -> Vec<String> {
+        let listed: serde_json::Value =
+            serde_json::from_str(&d.ok(&["conflicts", "--json"])).unwrap();
+        listed.as_array().unwrap().iter().map(|c| c["path"].as_str().unwrap().to_string()).collect()
+    };
+    a.write("f.txt", b"from a");
+    {
+        let _daemons = [a.serve_with(&skew), b.serve()];
+        assert!(wait_until(30, || has(&b, b"from a")));
+        // later edits on either side win, whatever the clocks say: no conflict
+        b.write("f.txt", b"edited on b, whose clock is right");
+        assert!(wait_until(30, || has(&a, b"edited on b, whose clock is right")));
+        a.write("f.txt", b"edited on a, a day ahead");
+        assert!(wait_until(30, || has(&b, b"edited on a, a day ahead")));
+        assert!(copies(&a).is_empty() && copies(&b).is_empty(), "a sequential edit conflicted");
+    }
+    // concurrent edits while apart: one conflict copy, the same on both sides
+    a.write("f.txt", b"concurrent on a");
+    b.write("f.txt", b"concurrent on b");
+    let _daemons = [a.serve_with(&skew), b.serve()];
+    assert!(wait_until(60, || a.tree() == b.tree() && copies(&a).len() == 1));
+    assert_eq!(copies(&a), copies(&b));
+}
