@@ -105,14 +105,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peer(cmd) => setup::peer(&home, cmd),
         Command::Folder(cmd) => setup::folder(&home, cmd),
         Command::Scan(args) => local::scan(&home, args),
-        Command::Ls(args) => local::ls(&home, args),
+        Command::Ls(args) => {
+            note_without_daemon(&home);
+            local::ls(&home, args)
+        }
         Command::Status(args) => status::status(&home, args),
         Command::Conflicts(flag) => conflicts::conflicts(&home, flag.json),
-        Command::Log(args) => log::log(&home, args),
+        Command::Log(args) => {
+            note_without_daemon(&home);
+            log::log(&home, args)
+        }
         Command::Override { folder_id } => modes::override_folder(&home, &folder_id),
         Command::Revert { folder_id } => modes::revert(&home, &folder_id),
         Command::Resolve(args) => resolve::resolve(&home, args),
         Command::Explain { folder_id, path, json } => {
+            note_without_daemon(&home);
             explain::explain(&home, &folder_id, &path, json)
         }
         Command::Demo => demo::demo(),
@@ -152,6 +159,14 @@ fn tell_daemon(
         Some(Reply::Done { message }) => Ok(Some(message)),
         Some(Reply::Failed { error }) => anyhow::bail!("the daemon refused: {error}"),
         Some(Reply::Status(_)) => anyhow::bail!("the daemon answered with a status"),
+    }
+}
+
+/// Commands that read the index directly say so on stderr when no daemon runs (what they
+/// show is then as of the last `sync`/`serve`).
+fn note_without_daemon(home: &Home) {
+    if !crate::daemon::control::answers(&crate::daemon::control::socket_path(home)) {
+        eprintln!("(no daemon running: read from the index as of the last sync)");
     }
 }
 

@@ -73,3 +73,18 @@ fn read_commands_work_next_to_a_running_daemon() {
     a.ok(&["explain", "docs", "x.txt"]);
     a.ok(&["conflicts"]);
 }
+
+#[test]
+fn read_commands_say_when_no_daemon_runs_and_not_when_one_does() {
+    let a = Device::with_folder();
+    a.write("x.txt", b"x");
+    a.ok(&["scan", "docs"]);
+    for args in [&["ls", "docs"][..], &["log"][..], &["explain", "docs", "x.txt"][..]] {
+        let out = a.run(args);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon running"), "{args:?}");
+    }
+    let _serve = a.serve();
+    let out = a.run(&["ls", "docs"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("no daemon running"));
+}
