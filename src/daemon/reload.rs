@@ -10,7 +10,7 @@ use tandem_proto::model::FolderId;
 use crate::config::{Config, FolderConfig};
 use crate::daemon::control::{Reply, Request};
 use crate::daemon::{Supervisor, announce_after_receive_only, status};
-use crate::sync::modes;
+use crate::sync::{Inner, modes};
 
 /// How long a `scan` request waits for its round.
 const SCAN_WAIT: Duration = Duration::from_secs(600);
@@ -65,19 +65,31 @@ impl Supervisor {
         Ok(lines.join("\n"))
     }
 
-    async fn override_folder(&self, id: &str) -> Result<String, String> {
+    /// Runs a version rewrite of folder `id`'s index (`override`, `revert`) off the async
+    /// workers, then has the runner announce and carry it out at once.
+    async fn rewrite<T: Send + 'static>(
+        &self,
+        id: &str,
+        rewrite: impl FnOnce(&Inner, &FolderConfig) -> Result<T, modes::ModeError> + Send + 'static,
+    ) -> Result<(FolderConfig, T), String> {
         let cfg = self.folder(id)?;
-        let inner = self.inner.clone();
-        let cfg2 = cfg.clone();
-        let count = tokio::task::spawn_blocking(move || {
-            modes::override_folder(&inner.index, &cfg2, inner.short, inner.version_clock())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        let (inner, cfg2) = (self.inner.clone(), cfg.clone());
+        let done = tokio::task::spawn_blocking(move || rewrite(&inner, &cfg2))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         self.inner.local_changed();
         self.inner.plan_everything(&cfg.id);
         self.inner.notify_folder(&cfg.id);
+        Ok((cfg, done))
+    }
+
+    async fn override_folder(&self, id: &str) -> Result<String, String> {
+        let (cfg, count) = self
+            .rewrite(id, |inner, cfg| {
+                modes::override_folder(&inner.index, cfg, inner.short, inner.version_clock())
+            })
+            .await?;
         Ok(format!(
             "{}: {count} paths now carry this device's version; peers take them now",
             cfg.id
@@ -85,17 +97,8 @@ impl Supervisor {
     }
 
     async fn revert(&self, id: &str) -> Result<String, String> {
-        let cfg = self.folder(id)?;
-        let inner = self.inner.clone();
-        let cfg2 = cfg.clone();
-        let (retaken, removed) =
-            tokio::task::spawn_blocking(move || modes::revert(&inner.index, &cfg2))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-        self.inner.local_changed();
-        self.inner.plan_everything(&cfg.id);
-        self.inner.notify_folder(&cfg.id);
+        let (cfg, (retaken, removed)) =
+            self.rewrite(id, |inner, cfg| modes::revert(&inner.index, cfg)).await?;
         Ok(format!(
             "{}: {retaken} local changes are being replaced by the global version, {removed} local additions moved to .tandem/trash/",
             cfg.id

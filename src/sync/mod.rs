@@ -166,6 +166,12 @@ enum PlanScope {
     Paths(BTreeSet<RelPath>),
 }
 
+/// True when `path` (a problem's key) is `dir` itself or lies below it.
+fn at_or_under(path: &str, dir: &RelPath) -> bool {
+    path == dir.as_str()
+        || path.strip_prefix(dir.as_str()).is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// When a peer was last connected, as this daemon saw it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PeerLink {
@@ -495,10 +501,7 @@ impl Inner {
         {
             let now = Instant::now();
             for (path, problem) in problems.iter_mut().filter(|(_, p)| !p.from_scan) {
-                let touched = paths.iter().any(|p| {
-                    path == p.as_str()
-                        || path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
-                });
+                let touched = paths.iter().any(|p| at_or_under(path, p));
                 if touched {
                     problem.retry_at = now;
                 }
@@ -691,14 +694,8 @@ impl Inner {
         let Ok(mut map) = self.problems.lock() else { return };
         let problems = map.entry(folder.clone()).or_default();
         let old = std::mem::take(problems);
-        let rescanned = |path: &str| {
-            paths.is_none_or(|paths| {
-                paths.iter().any(|p| {
-                    path == p.as_str()
-                        || path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
-                })
-            })
-        };
+        let rescanned =
+            |path: &str| paths.is_none_or(|paths| paths.iter().any(|p| at_or_under(path, p)));
         let mut kept: BTreeMap<String, Problem> = old
             .iter()
             .filter(|(path, p)| !p.from_scan || !rescanned(path))

@@ -1093,21 +1093,6 @@ fn a_deleted_state_directory_pauses_the_folder_until_the_marker_is_restored() {
     assert!(arrived, "{}", serve_a.log_text());
 }
 
-fn trash_files(d: &Device) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut stack = vec![d.path(".tandem/trash")];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(entry.path());
-            } else {
-                out.push(fs::read(entry.path()).unwrap());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn a_trash_directory_deleted_by_the_user_is_made_again() {
     let (a, b) = pair();
@@ -1117,10 +1102,11 @@ fn a_trash_directory_deleted_by_the_user_is_made_again() {
     let serve_b = b.serve();
     assert!(wait_until(WAIT, || b.path("sub/two.txt").exists()));
     fs::remove_file(a.path("one.txt")).unwrap();
-    assert!(wait_until(WAIT, || trash_files(&b).contains(&b"one".to_vec())));
+    assert!(wait_until(WAIT, || crate::support::trash_contents(&b).contains(&b"one".to_vec())));
     fs::remove_dir_all(b.path(".tandem/trash")).unwrap();
     fs::remove_file(a.path("sub/two.txt")).unwrap();
-    let trashed = wait_until(WAIT, || trash_files(&b).contains(&b"two".to_vec()));
+    let trashed =
+        wait_until(WAIT, || crate::support::trash_contents(&b).contains(&b"two".to_vec()));
     assert!(trashed, "{}", serve_b.log_text());
     assert!(!b.path("sub/two.txt").exists());
 }
@@ -1143,7 +1129,7 @@ fn a_trash_path_blocked_by_a_file_fails_deletes_clearly_and_keeps_the_file() {
     assert_eq!(fs::read(b.path(".tandem/trash")).unwrap(), b"the user's file, not a directory");
     fs::remove_file(b.path(".tandem/trash")).unwrap();
     assert!(wait_until(WAIT, || !b.path("gone.txt").exists()), "{}", serve_b.log_text());
-    assert!(trash_files(&b).contains(&b"delete me".to_vec()));
+    assert!(crate::support::trash_contents(&b).contains(&b"delete me".to_vec()));
     expect_status_clear(&b, "gone.txt");
 }
 
@@ -1171,7 +1157,7 @@ fn a_trash_symlinked_outside_the_root_is_never_written_through() {
     assert_eq!(fs::read(b.path("gone.txt")).unwrap(), b"delete me");
     fs::remove_file(b.path(".tandem/trash")).unwrap();
     assert!(wait_until(WAIT, || !b.path("gone.txt").exists()), "{}", serve_b.log_text());
-    assert!(trash_files(&b).contains(&b"delete me".to_vec()));
+    assert!(crate::support::trash_contents(&b).contains(&b"delete me".to_vec()));
     assert_eq!(names(&outside), ["precious.txt"]);
 }
 

@@ -264,21 +264,6 @@ fn a_saved_file_reaches_the_peer_through_the_watcher_not_the_rescan_timer() {
     assert_eq!(devices.len(), 1, "only a ever changed notes.txt: {devices:?}");
 }
 
-fn trash_contents(d: &Device) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut stack = vec![d.folder().join(".tandem/trash")];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(entry.path());
-            } else {
-                out.push(fs::read(entry.path()).unwrap());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn files_deleted_or_replaced_by_sync_are_kept_in_the_trash() {
     let (a, b) = pair();
@@ -296,7 +281,7 @@ fn files_deleted_or_replaced_by_sync_are_kept_in_the_trash() {
     }
     assert!(!b.path("gone.txt").exists());
     assert_eq!(fs::read(b.path("sub/edit.txt")).unwrap(), b"version two, longer");
-    let kept = trash_contents(&b);
+    let kept = crate::support::trash_contents(&b);
     assert!(kept.contains(&b"delete me".to_vec()), "deleted file not in the trash");
     assert!(kept.contains(&b"version one".to_vec()), "replaced version not in the trash");
     assert!(!b.tree().keys().any(|k| k.contains("trash")), "the trash is not synced");
@@ -333,7 +318,10 @@ fn a_file_renamed_over_another_replaces_it_on_the_peer_and_the_old_version_goes_
     b.sync_ok();
     assert_eq!(fs::read(b.path("target.txt")).unwrap(), b"moved over the target");
     assert!(!b.path("source.txt").exists());
-    assert!(trash_contents(&b).contains(&b"old target".to_vec()), "replaced version not kept");
+    assert!(
+        crate::support::trash_contents(&b).contains(&b"old target".to_vec()),
+        "replaced version not kept"
+    );
 }
 
 #[test]
@@ -408,7 +396,7 @@ fn revert_throws_receive_only_changes_away_and_restores_the_global_state() {
     }
     assert_eq!(fs::read(b.path("doc.txt")).unwrap(), b"from a");
     assert!(!b.path("b-only.txt").exists());
-    let kept = trash_contents(&b);
+    let kept = crate::support::trash_contents(&b);
     assert!(
         kept.contains(&b"edited on b".to_vec()) && kept.contains(&b"new on b".to_vec()),
         "reverted edits are kept in the trash"

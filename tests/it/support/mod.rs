@@ -312,6 +312,22 @@ impl Device {
     }
 }
 
+/// The contents of every file in a device's folder trash (`.tandem/trash/`, recursively).
+pub(crate) fn trash_contents(d: &Device) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut stack = vec![d.folder().join(".tandem/trash")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().expect("file type").is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(std::fs::read(entry.path()).expect("read trash file"));
+            }
+        }
+    }
+    out
+}
+
 /// The numbers `tandem sync` prints when it is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SyncSummary {
