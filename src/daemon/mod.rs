@@ -392,7 +392,10 @@ async fn dial_loop(
 ) {
     let mut backoff = MIN_BACKOFF;
     loop {
-        if inner.connection(&peer.id).is_none() {
+        if let Some(secs) = inner.faults.redial_secs {
+            backoff = Duration::from_secs(secs); // test fault: a duplicate every `secs`
+        }
+        if inner.connection(&peer.id).is_none() || inner.faults.redial_secs.is_some() {
             match dial(&endpoint, &peer).await {
                 Ok(conn) => {
                     mark(&attempted, peer.id, true);

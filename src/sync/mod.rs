@@ -231,6 +231,9 @@ pub struct Faults {
     /// `TANDEM_TEST_CLOCK_SKEW_SECS=N`: the clock that stamps versions and conflict names
     /// runs N seconds ahead (or behind, when negative), as on a machine with a wrong clock.
     pub clock_skew_secs: i64,
+    /// `TANDEM_TEST_REDIAL_SECS=N`: dial every peer again every N s even while connected,
+    /// so both sides hold two connections at once and one is closed as a duplicate.
+    pub redial_secs: Option<u64>,
 }
 
 impl Faults {
@@ -249,12 +252,14 @@ impl Faults {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            redial_secs: std::env::var("TANDEM_TEST_REDIAL_SECS").ok().and_then(|v| v.parse().ok()),
         };
         let active = faults.corrupt_responses
             || faults.response_delay_ms > 0
             || faults.watch_limit.is_some()
             || faults.stall_secs.is_some()
-            || faults.clock_skew_secs != 0;
+            || faults.clock_skew_secs != 0
+            || faults.redial_secs.is_some();
         if active {
             tracing::warn!("TEST FAULTS ACTIVE: {faults:?}");
         }

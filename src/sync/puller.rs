@@ -192,17 +192,12 @@ async fn fetch_chunks(
     if missing.is_empty() {
         return Ok(());
     }
-    let conns: Vec<quinn::Connection> =
-        job.sources.iter().filter_map(|id| inner.connection(id)).collect();
-    if conns.is_empty() {
+    if !job.sources.iter().any(|id| inner.connection(id).is_some()) {
         return Err(ApplyError::NoSource(job.record.path.clone()));
     }
-    let fetches = missing.into_iter().enumerate().map(|(n, chunk)| {
-        let conns = &conns;
-        async move {
-            let data = fetch_chunk(inner, conns, n, job, &chunk).await?;
-            file.write_all_at(&data, chunk.offset).map_err(io_at(&job.record.path))
-        }
+    let fetches = missing.into_iter().enumerate().map(|(n, chunk)| async move {
+        let data = fetch_chunk(inner, n, job, &chunk).await?;
+        file.write_all_at(&data, chunk.offset).map_err(io_at(&job.record.path))
     });
     let mut results = stream::iter(fetches).buffer_unordered(PIPELINE);
     while let Some(result) = results.next().await {
@@ -211,16 +206,19 @@ async fn fetch_chunks(
     Ok(())
 }
 
-/// One chunk from the first peer that sends bytes with the right hash.
+/// One chunk from the first peer that sends bytes with the right hash. The connection is
+/// looked up for every attempt: when a peer's connection is replaced (two devices that
+/// dialed each other at once keep one connection, PROTOCOL §9.8), the requests that were in
+/// flight on the closed one go on over its successor instead of failing the transfer.
 async fn fetch_chunk(
     inner: &Inner,
-    conns: &[quinn::Connection],
     n: usize,
     job: &PullJob,
     chunk: &ChunkRef,
 ) -> Result<Vec<u8>, ApplyError> {
-    for attempt in 0..conns.len() * 2 {
-        let conn = &conns[(n + attempt) % conns.len()];
+    for attempt in 0..job.sources.len() * 3 {
+        let device = &job.sources[(n + attempt) % job.sources.len()];
+        let Some(conn) = inner.connection(device) else { continue };
         let request = Request {
             id: inner.next_request_id(),
             folder: job.folder.clone(),
@@ -229,7 +227,7 @@ async fn fetch_chunk(
             size: chunk.len,
             hash: chunk.hash,
         };
-        match request_once(inner, conn, request).await {
+        match request_once(inner, &conn, request).await {
             Ok(data) if Hash::of(&data) == chunk.hash => {
                 inner.stats.network.fetch_add(data.len() as u64, Ordering::Relaxed);
                 return Ok(data);
@@ -244,9 +242,6 @@ async fn fetch_chunk(
             }
             Err(reason) => {
                 tracing::debug!("{}: chunk at {}: {reason}", job.record.path, chunk.offset);
-                if conn.close_reason().is_some() {
-                    continue; // closed (perhaps as stalled): the next peer, if any
-                }
             }
         }
     }

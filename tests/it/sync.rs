@@ -186,6 +186,35 @@ fn a_transfer_killed_half_way_resumes_without_resending_what_arrived() {
 }
 
 #[test]
+fn a_transfer_goes_on_when_its_connection_is_replaced_by_a_duplicate() {
+    // Two devices that dial each other at once hold two connections; PROTOCOL §9.8 keeps
+    // the one dialed by the smaller id and closes the other, even mid-transfer. The puller
+    // must carry on over the kept connection, not fail the file and resume it later.
+    let (x, y) = pair();
+    let (server, client) = if x.id() < y.id() { (x, y) } else { (y, x) };
+    let data = random_bytes(12, 24 << 20);
+    server.write("large.bin", &data);
+    // the server (smaller id) redials every second: its new connection replaces the one
+    // the client dialed, while the slowed transfer is under way
+    let serve = server
+        .serve_with(&[("TANDEM_TEST_RESPONSE_DELAY_MS", "150"), ("TANDEM_TEST_REDIAL_SECS", "1")]);
+    let out = client.run(&["sync", "--timeout", "120", "--log-level", "debug"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sync failed:\n{stderr}");
+    let sessions = stderr.matches(" connected to ").count();
+    assert!(
+        sessions >= 2 && stderr.contains(" disconnected"),
+        "no connection was replaced, so this test proved nothing:\n{stderr}\n{}",
+        serve.log_text()
+    );
+    let summary = crate::support::SyncSummary::parse(&stderr);
+    assert_eq!(fs::read(client.path("large.bin")).unwrap(), data);
+    assert!(!stderr.contains("no connected peer has this version"), "{stderr}");
+    assert_eq!(summary.resumed, 0, "the transfer failed and was resumed: {summary:?}");
+    assert_eq!(summary.network, data.len() as u64, "{summary:?}");
+}
+
+#[test]
 fn a_renamed_directory_of_1000_files_and_a_renamed_1_gib_file_cross_no_chunk() {
     let (a, b) = pair();
     let big = random_bytes(3, 1 << 30);
