@@ -6,11 +6,17 @@
 //! A partial temp file left by an interrupted transfer is reused: chunks already in it that
 //! verify are not fetched again. A new temp file starts as one hole, so the zero runs of a
 //! sparse file are neither fetched nor written: they stay holes.
+//!
+//! Why the whole-file hash is computed while the file is assembled (`Digest`), and why
+//! writeback is started during the transfer: done after the last chunk, hashing a 1 GiB
+//! file again and then waiting for its fsync to write 1 GiB were the serial tail of every
+//! large transfer. A file of one chunk (most small files) takes a shorter road: its chunk
+//! is fetched first, then one blocking step writes, fsyncs and renames it.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
@@ -45,44 +51,204 @@ pub(crate) struct PullJob {
 /// Downloads `job.record` into its temp file and installs it. Disk work runs on the
 /// blocking pool; only the network waits happen on the async workers.
 pub(crate) async fn pull_file(inner: &Arc<Inner>, job: PullJob) -> Result<(), ApplyError> {
+    if let [only] = job.record.chunks.as_slice() {
+        let only = *only;
+        return pull_single(inner, job, only).await;
+    }
     let job = Arc::new(job);
-    let (file, missing) = {
+    let (file, missing, digest) = {
         let (inner, job) = (inner.clone(), job.clone());
         blocking(move || prepare(&inner, &job)).await??
     };
-    let file = Arc::new(file);
-    fetch_chunks(inner, &job, &file, missing).await?;
+    let assembly = Arc::new(Assembly {
+        file,
+        digest: Mutex::new(digest),
+        writing_back: AtomicBool::new(false),
+    });
+    fetch_chunks(inner, &job, &assembly, missing).await?;
     blocking(move || {
-        verify_whole(&file, &job.record)?;
+        let digest = assembly.digest.lock().map_err(|_| poisoned())?.take();
+        digest.finish(&assembly.file, &job.record)?;
+        job.fs.install(&assembly.file, &job.record, job.indexed.as_ref())
+    })
+    .await?
+}
+
+/// A file of exactly one chunk: its bytes come from a local copy or a peer (verified
+/// against the chunk hash, which must be the file's hash), then one blocking step writes
+/// the temp file and installs it. Nothing to resume: the chunk is the whole file.
+async fn pull_single(inner: &Arc<Inner>, job: PullJob, chunk: ChunkRef) -> Result<(), ApplyError> {
+    let record = &job.record;
+    if chunk.offset != 0 || u64::from(chunk.len) != record.size || chunk.hash != record.hash {
+        let actual = chunk.hash;
+        return Err(ApplyError::HashMismatch {
+            path: record.path.clone(),
+            expected: record.hash,
+            actual,
+        });
+    }
+    // a point lookup in the index and one read of at most one chunk of a local file
+    let data = match local_chunk(inner, &job, 0, &chunk) {
+        Some(data) => {
+            inner.stats.reused.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+            data
+        }
+        None => {
+            if !job.sources.iter().any(|id| inner.connection(id).is_some()) {
+                return Err(ApplyError::NoSource(record.path.clone()));
+            }
+            fetch_chunk(inner, 0, &job, &chunk).await?
+        }
+    };
+    blocking(move || {
+        let (file, _) = job.fs.open_temp(&job.record)?;
+        file.write_all_at(&data, 0).map_err(io_at(&job.record.path))?;
         job.fs.install(&file, &job.record, job.indexed.as_ref())
     })
     .await?
 }
 
+/// A multi-chunk file being assembled: its temp file, the running whole-file hash, and
+/// whether a writeback of its pages is under way.
+struct Assembly {
+    file: File,
+    digest: Mutex<Digest>,
+    writing_back: AtomicBool,
+}
+
+fn poisoned() -> ApplyError {
+    ApplyError::Store("internal: a transfer's state was poisoned by a panic".to_string())
+}
+
+/// Bytes of earlier, out-of-order chunks read back from the temp file per landed chunk (on
+/// an async worker); the rest is read when the file is complete, on the blocking pool.
+const CATCH_UP_BUDGET: u64 = 4 << 20;
+/// Bytes written between two background writebacks of a file being assembled.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// The whole-file hash, computed in file order while the file is assembled: a chunk that
+/// lands where the hash has got to is hashed from memory; chunks that landed out of order
+/// are read back from the temp file when the hash reaches them.
+#[derive(Default)]
+struct Digest {
+    hasher: blake3::Hasher,
+    /// Index of the first chunk not hashed yet.
+    next: usize,
+    /// Bytes hashed so far (chunks must be contiguous from offset 0).
+    hashed: u64,
+    /// Chunks hashed at an offset other than `hashed`: the record's chunks do not tile it.
+    gap: bool,
+    /// Per chunk: its bytes are in the temp file.
+    ready: Vec<bool>,
+    /// Bytes written since the last writeback started.
+    unflushed: u64,
+}
+
+impl Digest {
+    fn new(chunks: usize) -> Self {
+        Self { ready: vec![false; chunks], ..Self::default() }
+    }
+
+    fn take(&mut self) -> Self {
+        std::mem::take(self)
+    }
+
+    fn feed(&mut self, chunk: &ChunkRef, data: &[u8]) {
+        self.gap |= chunk.offset != self.hashed || data.len() != chunk.len as usize;
+        self.hasher.update(data);
+        self.hashed += data.len() as u64;
+        self.next += 1;
+    }
+
+    /// Chunk `idx` is in the temp file; `data` is its content when at hand (`None`: a hole).
+    fn landed(&mut self, idx: usize, data: Option<&[u8]>, chunks: &[ChunkRef]) {
+        self.ready[idx] = true;
+        if idx == self.next {
+            match data {
+                Some(data) => self.feed(&chunks[idx], data),
+                None => self.feed_zeros(&chunks[idx]),
+            }
+        }
+    }
+
+    fn feed_zeros(&mut self, chunk: &ChunkRef) {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        self.gap |= chunk.offset != self.hashed;
+        let mut left = chunk.len as usize;
+        while left > 0 {
+            let n = left.min(ZEROS.len());
+            self.hasher.update(&ZEROS[..n]);
+            left -= n;
+        }
+        self.hashed += u64::from(chunk.len);
+        self.next += 1;
+    }
+
+    /// Hashes the chunks that landed out of order and are next in file order, reading
+    /// them back from `file`, up to about `budget` bytes.
+    fn catch_up(&mut self, file: &File, chunks: &[ChunkRef], budget: u64) -> std::io::Result<()> {
+        let mut read = 0u64;
+        while self.next < chunks.len() && self.ready[self.next] && read < budget {
+            let chunk = chunks[self.next];
+            let data = read_at(file, chunk.offset, chunk.len)?;
+            self.feed(&chunk, &data);
+            read += u64::from(chunk.len);
+        }
+        Ok(())
+    }
+
+    /// The assembled file must hash to the record's hash.
+    fn finish(mut self, file: &File, record: &FileRecord) -> Result<(), ApplyError> {
+        self.catch_up(file, &record.chunks, u64::MAX).map_err(io_at(&record.path))?;
+        let actual = Hash::from(self.hasher.finalize());
+        let whole = self.next == record.chunks.len() && !self.gap && self.hashed == record.size;
+        if whole && actual == record.hash {
+            Ok(())
+        } else {
+            Err(ApplyError::HashMismatch {
+                path: record.path.clone(),
+                expected: record.hash,
+                actual,
+            })
+        }
+    }
+}
+
 /// Opens the temp file and fills what is already available locally; returns the chunks
-/// still missing.
-fn prepare(inner: &Inner, job: &PullJob) -> Result<(File, Vec<ChunkRef>), ApplyError> {
+/// still missing (with their index in the record) and the whole-file hash of the prefix
+/// that is complete.
+#[allow(clippy::type_complexity)]
+fn prepare(
+    inner: &Inner,
+    job: &PullJob,
+) -> Result<(File, Vec<(usize, ChunkRef)>, Digest), ApplyError> {
     let (file, existed) = job.fs.open_temp(&job.record)?;
-    let mut missing: Vec<ChunkRef> = Vec::new();
+    let chunks = &job.record.chunks;
+    let mut digest = Digest::new(chunks.len());
+    let mut missing = Vec::new();
     let mut zeros = ZeroChunk::new();
-    for (idx, chunk) in job.record.chunks.iter().enumerate() {
-        if existed && chunk_matches(&file, chunk) {
+    for (idx, chunk) in chunks.iter().enumerate() {
+        if existed && let Some(data) = read_matching(&file, chunk) {
             inner.stats.resumed.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+            digest.landed(idx, Some(&data), chunks);
             continue;
         }
         if !existed && zeros.matches(chunk) {
             // a fresh temp file is all holes: a run of zeros (a sparse file's hole) needs
             // neither a transfer nor a write, and stays a hole on this disk too
             inner.stats.reused.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+            digest.landed(idx, None, chunks);
             continue;
         }
-        if copy_local_chunk(inner, job, idx, chunk, &file)? {
+        if let Some(data) = local_chunk(inner, job, idx, chunk) {
+            file.write_all_at(&data, chunk.offset).map_err(io_at(&job.record.path))?;
             inner.stats.reused.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+            digest.landed(idx, Some(&data), chunks);
             continue;
         }
-        missing.push(*chunk);
+        missing.push((idx, *chunk));
     }
-    Ok((file, missing))
+    Ok((file, missing, digest))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -147,18 +313,14 @@ impl ZeroChunk {
     }
 }
 
-fn chunk_matches(file: &File, chunk: &ChunkRef) -> bool {
-    read_at(file, chunk.offset, chunk.len).is_ok_and(|data| Hash::of(&data) == chunk.hash)
+/// The chunk's bytes in `file`, if they are there.
+fn read_matching(file: &File, chunk: &ChunkRef) -> Option<Vec<u8>> {
+    read_at(file, chunk.offset, chunk.len).ok().filter(|data| Hash::of(data) == chunk.hash)
 }
 
-/// Tries the planner's hint, then the chunk-location table; true when the chunk was copied.
-fn copy_local_chunk(
-    inner: &Inner,
-    job: &PullJob,
-    idx: usize,
-    chunk: &ChunkRef,
-    file: &File,
-) -> Result<bool, ApplyError> {
+/// The chunk's bytes from a local file: the planner's hint first, then the chunk-location
+/// table (a few candidates; each is verified).
+fn local_chunk(inner: &Inner, job: &PullJob, idx: usize, chunk: &ChunkRef) -> Option<Vec<u8>> {
     let hinted =
         job.reuse.iter().filter(|r| r.index as usize == idx).map(|r| (r.from.clone(), r.offset));
     let located = inner
@@ -175,19 +337,19 @@ fn copy_local_chunk(
         let Ok(source) = open_nofollow(&job.fs.abs(&from)) else { continue };
         let Ok(data) = read_at(&source, offset, chunk.len) else { continue };
         if Hash::of(&data) == chunk.hash {
-            file.write_all_at(&data, chunk.offset).map_err(io_at(&job.record.path))?;
-            return Ok(true);
+            return Some(data);
         }
     }
-    Ok(false)
+    None
 }
 
-/// Fetches `missing` from peers, `PIPELINE` requests at a time, verifying each chunk.
+/// Fetches `missing` from peers, `PIPELINE` requests at a time, verifying each chunk,
+/// hashing the file as it fills and starting writeback every `WRITEBACK_EVERY` bytes.
 async fn fetch_chunks(
     inner: &Arc<Inner>,
     job: &PullJob,
-    file: &Arc<File>,
-    missing: Vec<ChunkRef>,
+    assembly: &Arc<Assembly>,
+    missing: Vec<(usize, ChunkRef)>,
 ) -> Result<(), ApplyError> {
     if missing.is_empty() {
         return Ok(());
@@ -195,15 +357,46 @@ async fn fetch_chunks(
     if !job.sources.iter().any(|id| inner.connection(id).is_some()) {
         return Err(ApplyError::NoSource(job.record.path.clone()));
     }
-    let fetches = missing.into_iter().enumerate().map(|(n, chunk)| async move {
-        let data = fetch_chunk(inner, n, job, &chunk).await?;
-        file.write_all_at(&data, chunk.offset).map_err(io_at(&job.record.path))
+    let fetches = missing.into_iter().map(|(idx, chunk)| async move {
+        let data = fetch_chunk(inner, idx, job, &chunk).await?;
+        let at = io_at(&job.record.path);
+        assembly.file.write_all_at(&data, chunk.offset).map_err(at)?;
+        let flush = {
+            let mut digest = assembly.digest.lock().map_err(|_| poisoned())?;
+            digest.landed(idx, Some(&data), &job.record.chunks);
+            digest
+                .catch_up(&assembly.file, &job.record.chunks, CATCH_UP_BUDGET)
+                .map_err(io_at(&job.record.path))?;
+            digest.unflushed += u64::from(chunk.len);
+            digest.unflushed >= WRITEBACK_EVERY && {
+                digest.unflushed = 0;
+                true
+            }
+        };
+        if flush {
+            start_writeback(assembly);
+        }
+        Ok::<(), ApplyError>(())
     });
     let mut results = stream::iter(fetches).buffer_unordered(PIPELINE);
     while let Some(result) = results.next().await {
         result?;
     }
     Ok(())
+}
+
+/// Writes the file's dirty pages to disk in the background (one writeback at a time per
+/// file), so the fsync before the rename finds little left to write. An error here is
+/// not reported: that fsync reports it.
+fn start_writeback(assembly: &Arc<Assembly>) {
+    if assembly.writing_back.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let assembly = assembly.clone();
+    tokio::task::spawn_blocking(move || {
+        let _ = assembly.file.sync_data();
+        assembly.writing_back.store(false, Ordering::Release);
+    });
 }
 
 /// One chunk from the first peer that sends bytes with the right hash. The connection is

@@ -126,13 +126,22 @@ impl FolderFs {
         rel: &RelPath,
         indexed: Option<&LocalRecord>,
     ) -> Result<(), ApplyError> {
+        self.checked_stat(rel, indexed).map(drop)
+    }
+
+    /// [`Self::check_unchanged`], returning what is at `rel` (one `lstat` for both).
+    fn checked_stat(
+        &self,
+        rel: &RelPath,
+        indexed: Option<&LocalRecord>,
+    ) -> Result<Option<fs::Metadata>, ApplyError> {
         self.check_parents(rel)?;
         let meta = self.stat(rel)?;
         if let Some(kind) = meta.as_ref().and_then(unsyncable_kind) {
             // the scanner skips it, so "rescan and decide again" would loop forever
             return Err(ApplyError::InTheWay { path: rel.clone(), kind });
         }
-        let current = meta.map(|m| StatKey::from_metadata(&m));
+        let current = meta.as_ref().map(StatKey::from_metadata);
         let expected = indexed.filter(|l| !l.record.deleted);
         let same = match (current, expected) {
             (None, None) => true,
@@ -147,7 +156,7 @@ impl FolderFs {
             }
             _ => false,
         };
-        if same { Ok(()) } else { Err(ApplyError::LocalChange(rel.clone())) }
+        if same { Ok(meta) } else { Err(ApplyError::LocalChange(rel.clone())) }
     }
 
     /// The temp file for downloading `record`: beside the target, stable across restarts
@@ -200,8 +209,7 @@ impl FolderFs {
         .map_err(at)?;
         file.set_modified(system_time(record.mtime_ns)).map_err(io_at(&record.path))?;
         file.sync_all().map_err(io_at(&record.path))?;
-        self.check_unchanged(&record.path, indexed)?;
-        match self.stat(&record.path)? {
+        match self.checked_stat(&record.path, indexed)? {
             Some(meta) if meta.is_dir() => {
                 return Err(ApplyError::LocalChange(record.path.clone()));
             }
