@@ -556,3 +556,105 @@ pub(crate) fn serve_read(fs: &FolderFs, request: &Request) -> Result<Vec<u8>, Er
     }
     Ok(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_proto::model::{EntryKind, RelPath, VersionVector};
+
+    fn record(chunks: Vec<ChunkRef>, content: &[u8]) -> FileRecord {
+        FileRecord {
+            path: RelPath::new("f.bin".to_string()).unwrap(),
+            kind: EntryKind::File,
+            size: content.len() as u64,
+            mtime_ns: 0,
+            mode: 0o644,
+            symlink_target: None,
+            hash: Hash::of(content),
+            chunks,
+            version: VersionVector::default(),
+            sequence: 1,
+            deleted: false,
+            modified_by: tandem_proto::model::ShortId::new(1),
+        }
+    }
+
+    fn chunked(content: &[u8], len: usize) -> Vec<ChunkRef> {
+        content
+            .chunks(len)
+            .enumerate()
+            .map(|(i, c)| ChunkRef {
+                offset: (i * len) as u64,
+                len: c.len() as u32,
+                hash: Hash::of(c),
+            })
+            .collect()
+    }
+
+    /// Lands the chunks in `order`, writing each to the file and catching up with at most
+    /// `budget` bytes read back each time, then finishes the digest.
+    fn assemble(
+        content: &[u8],
+        rec: &FileRecord,
+        order: &[usize],
+        budget: u64,
+    ) -> Result<(), ApplyError> {
+        let file = tempfile::tempfile().unwrap();
+        let mut digest = Digest::new(rec.chunks.len());
+        for &i in order {
+            let c = rec.chunks[i];
+            let data = &content[c.offset as usize..c.offset as usize + c.len as usize];
+            file.write_all_at(data, c.offset).unwrap();
+            digest.landed(i, Some(data), &rec.chunks);
+            digest.catch_up(&file, &rec.chunks, budget).unwrap();
+        }
+        digest.finish(&file, rec)
+    }
+
+    #[test]
+    fn the_digest_of_chunks_landing_in_any_order_is_the_file_hash() {
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let rec = record(chunked(&content, 4096), &content);
+        let n = rec.chunks.len();
+        let in_order: Vec<usize> = (0..n).collect();
+        let reversed: Vec<usize> = (0..n).rev().collect();
+        let interleaved: Vec<usize> = (0..n).step_by(2).chain((1..n).step_by(2)).collect();
+        for order in [&in_order, &reversed, &interleaved] {
+            for budget in [0, 4096, u64::MAX] {
+                assert!(assemble(&content, &rec, order, budget).is_ok(), "{order:?} {budget}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_whose_chunks_do_not_tile_the_file_fails_the_digest() {
+        let content = vec![7u8; 10_000];
+        let mut chunks = chunked(&content, 4096);
+        // a chunk list that repeats the first chunk instead of the second: every chunk
+        // verifies, but the bytes hashed are not the file
+        chunks[1] = ChunkRef { offset: 0, ..chunks[0] };
+        let rec = record(chunks, &content);
+        let result = assemble(&content, &rec, &[0, 1, 2], u64::MAX);
+        assert!(matches!(result, Err(ApplyError::HashMismatch { .. })), "{result:?}");
+        // and a record whose hash is not its content's
+        let mut wrong = record(chunked(&content, 4096), &content);
+        wrong.hash = Hash::of(b"something else");
+        let result = assemble(&content, &wrong, &[2, 1, 0], 0);
+        assert!(matches!(result, Err(ApplyError::HashMismatch { .. })), "{result:?}");
+    }
+
+    #[test]
+    fn holes_count_as_zeros_in_the_digest() {
+        let mut content = vec![0u8; 3 * 4096];
+        content[4096 * 2..].fill(9);
+        let rec = record(chunked(&content, 4096), &content);
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(content.len() as u64).unwrap();
+        let mut digest = Digest::new(3);
+        digest.landed(0, None, &rec.chunks);
+        digest.landed(1, None, &rec.chunks);
+        file.write_all_at(&content[8192..], 8192).unwrap();
+        digest.landed(2, Some(&content[8192..]), &rec.chunks);
+        assert!(digest.finish(&file, &rec).is_ok());
+    }
+}
