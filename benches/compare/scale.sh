@@ -2,7 +2,7 @@
 # scale.sh [N...] — how one device's costs grow with the number of files (issue 6's scale
 # runs; not in CI). For each N (default 10000 100000 1000000): N small files (1,000 per
 # directory) under /tmp/tandem-scale/N (kept for reuse), then, with a fresh home:
-#   first scan (time, peak RSS), no-change rescan (time), index bytes per file,
+#   first scan (time, peak RSS), no-change rescan (time, peak RSS), index bytes per file,
 #   and the RSS of `tandem serve` idle for 20 s after its start-up scan.
 # Prints one `tandem_scale files=… …` line per N. Needs a release build.
 set -euo pipefail
@@ -39,6 +39,6 @@ PY
   sleep 20
   rss=$(awk '/VmRSS/ {print $2}' /proc/$P/status); hwm=$(awk '/VmHWM/ {print $2}' /proc/$P/status)
   kill $P; wait $P 2>/dev/null || true
-  echo "tandem_scale files=$N first_scan_s=${first% *} first_scan_rss_mib=$(( ${first#* } / 1024 )) rescan_s=${again% *} index_bytes_per_file=$(( bytes / N )) serve_idle_rss_mib=$(( rss / 1024 )) serve_hwm_mib=$(( hwm / 1024 ))"
+  echo "tandem_scale files=$N first_scan_s=${first% *} first_scan_rss_mib=$(( ${first#* } / 1024 )) rescan_s=${again% *} rescan_rss_mib=$(( ${again#* } / 1024 )) index_bytes_per_file=$(( bytes / N )) serve_idle_rss_mib=$(( rss / 1024 )) serve_hwm_mib=$(( hwm / 1024 ))"
   rm -rf "$W" "$SRC/.tandem" "$SRC/.tandemignore"
 done

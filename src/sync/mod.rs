@@ -86,6 +86,9 @@ pub(crate) struct PeerState {
 struct PeerEntry {
     conn: quinn::Connection,
     dialer: DeviceId,
+    /// Our requests outstanding on `conn`: at most `MAX_IN_FLIGHT` (PROTOCOL §10.4), shared
+    /// by every transfer, so parallel pulls are queued here instead of answered `Busy`.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A path this device cannot sync right now (per-file error), kept until its cause is gone.
@@ -357,7 +360,8 @@ impl Inner {
                 b"duplicate connection",
             );
         }
-        peers.insert(peer, PeerEntry { conn, dialer });
+        let slots = Arc::new(tokio::sync::Semaphore::new(tandem_proto::wire::MAX_IN_FLIGHT));
+        peers.insert(peer, PeerEntry { conn, dialer, slots });
         if let Ok(mut links) = self.links.lock() {
             links.insert(peer, PeerLink { connected: true, since: now_secs() });
         }
@@ -421,8 +425,17 @@ impl Inner {
 
     /// The live connection to `peer`, if any.
     pub fn connection(&self, peer: &DeviceId) -> Option<quinn::Connection> {
+        self.link(peer).map(|(conn, _)| conn)
+    }
+
+    /// The live connection to `peer` and the request slots that go with it.
+    pub(crate) fn link(
+        &self,
+        peer: &DeviceId,
+    ) -> Option<(quinn::Connection, Arc<tokio::sync::Semaphore>)> {
         let peers = self.peers.lock().ok()?;
-        peers.get(peer).filter(|e| e.conn.close_reason().is_none()).map(|e| e.conn.clone())
+        let entry = peers.get(peer).filter(|e| e.conn.close_reason().is_none())?;
+        Some((entry.conn.clone(), entry.slots.clone()))
     }
 
     /// The records of `folder` this device may announce: all of them, except in a

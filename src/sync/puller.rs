@@ -101,7 +101,7 @@ async fn pull_single(inner: &Arc<Inner>, job: PullJob, chunk: ChunkRef) -> Resul
         }
     };
     blocking(move || {
-        let (file, _) = job.fs.open_temp(&job.record)?;
+        let file = job.fs.create_temp(&job.record)?;
         file.write_all_at(&data, 0).map_err(io_at(&job.record.path))?;
         job.fs.install(&file, &job.record, job.indexed.as_ref())
     })
@@ -411,7 +411,9 @@ async fn fetch_chunk(
 ) -> Result<Vec<u8>, ApplyError> {
     for attempt in 0..job.sources.len() * 3 {
         let device = &job.sources[(n + attempt) % job.sources.len()];
-        let Some(conn) = inner.connection(device) else { continue };
+        let Some((conn, slots)) = inner.link(device) else { continue };
+        // at most MAX_IN_FLIGHT requests outstanding per peer, across all transfers
+        let Ok(_slot) = slots.acquire_owned().await else { continue };
         let request = Request {
             id: inner.next_request_id(),
             folder: job.folder.clone(),

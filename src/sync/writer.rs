@@ -194,6 +194,21 @@ impl FolderFs {
         Ok((file, existed))
     }
 
+    /// Creates the temp file for `record` empty (an earlier partial one is truncated), for a
+    /// caller that writes the whole content at once: nothing to resume, no size to preset.
+    pub fn create_temp(&self, record: &FileRecord) -> Result<File, ApplyError> {
+        self.check_parents(&record.path)?;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc_o_nofollow())
+            .mode(0o600)
+            .open(self.temp_path(record))
+            .map_err(io_at(&record.path))
+    }
+
     /// Makes the finished temp file of `record` visible under its real name: mode, mtime,
     /// fsync, a last check that the target is as indexed, rename, directory fsync.
     pub fn install(
