@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# run.sh — tandem side by side with rsync's daemon and Syncthing, in one run, loopback only.
+# run.sh — tandem side by side with rsync's daemon and Syncthing, in one run, loopback only,
+# plus two reference points for the initial sync: `cp -a` and rsync's daemon with --fsync.
 #
 # Usage:  benches/compare/run.sh                    full run: corpora mixed, small, big (20-40 min
 #                                                   on the 2-core project machine)
@@ -17,16 +18,28 @@
 #       big     initial,noop,insert              insert (initial + 1 MiB insert)
 #       tiny    all                              all
 #    rsync_pair.sh always runs its whole sequence (initial, noop, insert, small_modify, ...);
+#    then the two references (not peers: they never enter the "best peer" ratio):
+#    cp          cp_pair.sh: `cp -a SRC DST` into the same scratch DST on the same disk (wall
+#                time and CPU s), then `sync -f DST` timed on its own (cp fsyncs nothing,
+#                tandem fsyncs every file: cp -a + sync is the durable comparison);
+#    rsync-fsync rsync_pair.sh with RSYNC_EXTRA=--fsync (the daemon fsyncs every file it
+#                writes) and SKIP_CHECKSUM=1, on a fresh scratch copy; it cannot stop after
+#                its initial scenario, so it runs its sequence up to the renames and run.sh
+#                keeps only the initial scenario's lines (and the version, corpus size and
+#                final check). Time cost per corpus: one more copy of the corpus plus a second
+#                rsync sequence (slower than the first, since every write is fsynced);
 #    every corpus is checked pristine again at the end;
-# 3. table.py prints the table of ratios (tandem / each peer, tandem / best peer) and writes it
-#    as markdown with the machine, the load and the raw key=value lines (OUT).
+# 3. table.py prints the table of ratios (tandem / each peer, tandem / best peer of rsync and
+#    Syncthing), the reference table (initial sync: tandem / cp -a, tandem / (cp -a + sync),
+#    tandem / rsync --fsync) and writes them as markdown with the machine, the load and the
+#    raw key=value lines (OUT).
 #
 # Environment (defaults in brackets):
 #   CORPORA          [mixed small big]  any of mixed small big tiny
 #   CORPUS_DIR       [${TMPDIR:-/tmp}/tandem-compare-corpora]  kept after the run, for reuse
 #   ANCHORS          [<repo>/../shared/anchors]  make_corpus.sh, rsync_pair.sh, syncthing_pair.sh
 #   TANDEM           tandem binary [`cargo build --release` in the repo, target/release/tandem]
-#   TOOLS            [tandem rsync syncthing]
+#   TOOLS            [tandem rsync syncthing cp rsync-fsync]
 #   OUT              [benches/compare/results-<date>.md, or results-<date>-<corpora>.md when
 #                    CORPORA is not the full set]
 #   PAUSE_S          [10]  pause between two runs
@@ -44,7 +57,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 ANCHORS=$(cd "${ANCHORS:-$REPO/../shared/anchors}" 2>/dev/null && pwd) \
   || { echo "anchors folder not found: set ANCHORS= (needs make_corpus.sh, rsync_pair.sh, syncthing_pair.sh)" >&2; exit 1; }
 read -r -a CORPORA <<<"${CORPORA:-mixed small big}"
-read -r -a TOOLS <<<"${TOOLS:-tandem rsync syncthing}"
+read -r -a TOOLS <<<"${TOOLS:-tandem rsync syncthing cp rsync-fsync}"
 CORPUS_DIR=${CORPUS_DIR:-${TMPDIR:-/tmp}/tandem-compare-corpora}
 PAUSE_S=${PAUSE_S:-10}
 export ST_LOW_PRIORITY=${ST_LOW_PRIORITY-0} EDIT_N=${EDIT_N:-5}
@@ -52,7 +65,7 @@ export ST_LOW_PRIORITY=${ST_LOW_PRIORITY-0} EDIT_N=${EDIT_N:-5}
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 for c in "${CORPORA[@]}"; do case "$c" in mixed|small|big|tiny) ;; *) die "unknown corpus $c (mixed small big tiny)";; esac; done
-for t in "${TOOLS[@]}"; do case "$t" in tandem|rsync|syncthing) ;; *) die "unknown tool $t (tandem rsync syncthing)";; esac; done
+for t in "${TOOLS[@]}"; do case "$t" in tandem|rsync|syncthing|cp|rsync-fsync) ;; *) die "unknown tool $t (tandem rsync syncthing cp rsync-fsync)";; esac; done
 for f in make_corpus.sh rsync_pair.sh syncthing_pair.sh; do [ -f "$ANCHORS/$f" ] || die "$ANCHORS/$f missing"; done
 for tool in python3 rsync syncthing diff find awk sed setsid; do
   command -v "$tool" >/dev/null || die "$tool not found (on Debian: apt-get install $tool)"
@@ -125,7 +138,10 @@ GITREV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 meta run "date=$DATE nproc=$(nproc) mem_kib=$(awk '/MemTotal/ {print $2}' /proc/meminfo)" \
   "kernel=$(uname -r) cpu=\"$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)\"" \
   "tandem=\"$("$TANDEM" --version | awk '{print $2}') git $GITREV\" rsync=$(rsync --version | awk 'NR==1 {print $3}')" \
-  "syncthing=$(syncthing --version | awk '{print $2}') corpora=\"${CORPORA[*]}\" tools=\"${TOOLS[*]}\"" \
+  "syncthing=$(syncthing --version | awk '{print $2}') cp=$(cp --version | awk 'NR==1 {print $NF}')" \
+  "corpora=\"${CORPORA[*]}\" tools=\"${TOOLS[*]}\"" \
+  "fs_corpora=$(df --output=source,fstype "$CORPUS_DIR" | awk 'NR==2 {print $1 ":" $2}')" \
+  "fs_scratch=$(df --output=source,fstype "$RUN" | awk 'NR==2 {print $1 ":" $2}')" \
   "pause_s=$PAUSE_S st_low_priority=${ST_LOW_PRIORITY-default} edit_n=$EDIT_N nice=$(nice)" \
   "loadavg_before=\"$(load3)\""
 T_START=$EPOCHREALTIME
@@ -136,7 +152,8 @@ SAMPLER=$!
 
 FAILED=()
 # run_tool TOOL CORPUS MODE CMD...: runs CMD in the background in its own process group (so a
-# signal reaches our trap, which stops that whole group and lets its script clean up), prefixes its key=value lines with @TOOL:CORPUS, logs stderr, records failures and goes on
+# signal reaches our trap, which stops that whole group and lets its script clean up), prefixes its key=value lines with @TOOL:CORPUS, logs stderr, records failures and goes on.
+# KEEP_RE (extended regexp, default: every line with a '='): only the lines that match it are kept.
 run_tool() {
   local tool=$1 corpus=$2 mode=$3 rc=0 t0; shift 3
   sync; sleep "$PAUSE_S"
@@ -148,7 +165,7 @@ run_tool() {
   CHILD=$!
   wait "$CHILD" || rc=$?
   CHILD=
-  grep '=' "$RUN/out.txt" | sed "s|^|@$tool:$corpus |" >>"$RAW" || true
+  grep '=' "$RUN/out.txt" | grep -E "${KEEP_RE:-=}" | sed "s|^|@$tool:$corpus |" >>"$RAW" || true
   meta step_end "tool=$tool corpus=$corpus rc=$rc elapsed_s=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", b - a}') loadavg1_after=$(cut -d' ' -f1 /proc/loadavg)"
   if [ "$rc" != 0 ]; then
     FAILED+=("$tool:$corpus")
@@ -176,6 +193,18 @@ for kind in "${CORPORA[@]}"; do
   fi
   if has_tool syncthing; then
     run_tool syncthing "$kind" "$smode" bash "$ANCHORS/syncthing_pair.sh" "$src" "$RUN/dst" "$smode"
+  fi
+  # references for the initial sync (not peers)
+  if has_tool cp; then
+    run_tool cp "$kind" initial bash "$HERE/cp_pair.sh" "$src" "$RUN/dst"
+  fi
+  if has_tool rsync-fsync; then
+    echo "== copying $kind for rsync --fsync (rsync_pair.sh mutates its SRC)" >&2
+    rm -rf "$RUN/rsync_src"; cp -a "$src" "$RUN/rsync_src"
+    KEEP_RE='^(rsync_version|rsync_protocol|corpus_files|corpus_bytes|rsync_initial_[a-z_]*|final_trees_identical)=' \
+      run_tool rsync-fsync "$kind" all:initial-kept env RSYNC_EXTRA=--fsync SKIP_CHECKSUM=1 \
+      bash "$ANCHORS/rsync_pair.sh" "$RUN/rsync_src" "$RUN/dst"
+    rm -rf "$RUN/rsync_src"
   fi
 done
 if has_tool tandem; then

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """table.py RAW [--out FILE.md [--notes NOTES.md]] — the summary of benches/compare/run.sh.
 
-RAW holds the key=value lines of tandem_pair.sh, latency.sh, rsync_pair.sh and
-syncthing_pair.sh, each prefixed by run.sh with "@TOOL:CORPUS ", plus "@meta:KIND ..." lines
-(machine, corpora, per-run load, 1-min load samples). A report's appendix is such a file, so
-a report can be rebuilt from its own appendix.
-Prints the ratio table (tandem / each peer, tandem / best peer; below 1 = tandem better) and
+RAW holds the key=value lines of tandem_pair.sh, latency.sh, rsync_pair.sh, syncthing_pair.sh
+and the references cp_pair.sh (tool "cp") and rsync_pair.sh with --fsync (tool "rsync-fsync"),
+each prefixed by run.sh with "@TOOL:CORPUS ", plus "@meta:KIND ..." lines (machine, corpora,
+per-run load, 1-min load samples). A report's appendix is such a file, so a report can be
+rebuilt from its own appendix.
+Prints the ratio table (tandem / each peer, tandem / best peer of rsync and Syncthing; below 1 =
+tandem better), the reference table for the initial sync (tandem / cp -a, tandem / (cp -a +
+sync), tandem / rsync --fsync; only when the raw lines hold cp or rsync-fsync results) and
 writes a markdown report: date, machine, load, the tables, what each row measures, and the raw
 lines in an appendix. Standard library only.
 """
@@ -67,6 +70,18 @@ class Data:
     def rsync(self, corpus):
         out = {}
         for d in self.lines.get(("rsync", corpus), []):
+            out.update({k: v for k, v in d.items() if k != "_name"})
+        return out or None
+
+    def cp(self, corpus):
+        for d in self.lines.get(("cp", corpus), []):
+            if d["_name"] == "cp_initial_s":
+                return d
+        return None
+
+    def rsync_fsync(self, corpus):
+        out = {}
+        for d in self.lines.get(("rsync-fsync", corpus), []):
             out.update({k: v for k, v in d.items() if k != "_name"})
         return out or None
 
@@ -211,6 +226,46 @@ def ratio_table(rows):
     return out
 
 
+def reference_table(meta, data, corpora):
+    """Initial sync against the two references (not peers): cp -a (+ sync) and rsync --fsync.
+    Empty when the raw lines hold neither (runs before they existed)."""
+    if not any(data.cp(c) or data.rsync_fsync(c) for c in corpora):
+        return []
+    out = ["| row | tandem | `cp -a` | `cp -a` + `sync` (sync alone) | rsync --fsync "
+           "| tandem / `cp -a` | tandem / (`cp -a` + `sync`) | tandem / rsync --fsync "
+           "| CPU s: tandem (serve + sync) / `cp -a` |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in corpora:
+        t = data.tandem(c, "initial"); cp = data.cp(c); rf = data.rsync_fsync(c)
+        if not cp and not rf:
+            continue
+        tv = num(t and t.get("tandem_initial_s"))
+        cv, sv = num(cp and cp.get("cp_initial_s")), num(cp and cp.get("cp_sync_s"))
+        dv = num(cp and cp.get("cp_durable_s"))
+        if dv is None and cv is not None and sv is not None:
+            dv = cv + sv
+        rv = num(rf and rf.get("rsync_initial_s"))
+        tc = add(None, t and t.get("src_cpu_s"), t and t.get("dst_cpu_s"))
+        cc = num(cp and cp.get("cp_cpu_s"))
+        durable = "—" if dv is None else f"{fmt_s(dv)} ({fmt_s(sv)})"
+        cpu = ("—" if tc is None else f"{tc:.2f}") + " / " + ("—" if cc is None else f"{cc:.2f}")
+        out.append(f"| initial sync, {corpus_label(meta, c)} | {fmt_s(tv)} | {fmt_s(cv)} | {durable} | {fmt_s(rv)} "
+                   f"| {fmt_r(ratio(tv, cv))} | {fmt_r(ratio(tv, dv))} | {fmt_r(ratio(tv, rv))} | {cpu} |")
+    return out
+
+
+REFERENCE_DEFINITIONS = """* **`cp -a`** (reference, `cp_pair.sh`) — `cp -a SRC DST` on the same disk, into the same scratch
+  DST as the other tools (absent before, removed after, same `sync` and pause before it); CPU s
+  from /usr/bin/time. **`cp -a` + `sync`**: then `sync -f DST` (flushes DST's filesystem), timed
+  on its own and shown in brackets: cp fsyncs nothing while tandem fsyncs every file, so this is
+  the durable comparison. The issue's target for tandem's initial sync: within 2× of `cp -a`.
+* **rsync --fsync** (reference) — rsync_pair.sh's initial scenario as in the rsync column, with
+  `RSYNC_EXTRA=--fsync`: the daemon fsyncs every file it writes (rsync 3.2.7); run on a fresh
+  scratch copy of the corpus, only the initial scenario's lines are kept.
+* Neither reference enters the "best peer" ratio.
+"""
+
+
 def resource_table(meta, data, corpora):
     out = ["| row | tandem CPU s (serve + sync) | tandem peak RSS MiB (serve / sync) "
            "| Syncthing CPU s (src + dst) | Syncthing peak RSS MiB (src / dst) | CPU tandem / Syncthing |",
@@ -306,8 +361,12 @@ def main():
     end = (meta.get("run_end") or [{}])[0]
     rows = build_rows(meta, data, corpora)
     ratios = ratio_table(rows)
+    references = reference_table(meta, data, corpora)
     resources = resource_table(meta, data, corpora)
     print("\n".join(ratios))
+    if references:
+        print()
+        print("\n".join(references))
     print()
     print("\n".join(resources))
 
@@ -325,7 +384,12 @@ def main():
           f"| load average before / after | {run.get('loadavg_before', '?')} / {end.get('loadavg_after', '?')} (1, 5, 15 min) |",
           f"| 1-min load during the run | {lsum or '?'} |",
           f"| duration | {end.get('elapsed_s', '?')} s |",
-          f"| versions | tandem {run.get('tandem', '?')} (release build), rsync {run.get('rsync', '?')}, Syncthing {run.get('syncthing', '?')} |",
+          f"| versions | tandem {run.get('tandem', '?')} (release build), rsync {run.get('rsync', '?')}, Syncthing {run.get('syncthing', '?')}"
+          + (f", cp (coreutils) {run['cp']}" if run.get("cp") else "") + " |",
+          ]
+    if run.get("fs_corpora") or run.get("fs_scratch"):
+        md.append(f"| disk | corpora on {run.get('fs_corpora', '?')}, scratch DST on {run.get('fs_scratch', '?')} |")
+    md += [
           f"| settings | pause between runs {run.get('pause_s', '?')} s after `sync`; Syncthing low priority: "
           f"{'off (nice 0, like the others)' if run.get('st_low_priority') == '0' else 'Syncthing default (nice 11)'}; "
           f"Syncthing edits per trigger {run.get('edit_n', '?')}; run.sh at nice {run.get('nice', '?')} |",
@@ -341,10 +405,18 @@ def main():
         md.append(f"| **failed runs** | {failed} |")
     md += ["", "## Ratios", "", "Below 1× tandem is faster or sends fewer bytes. This machine is shared: "
            "wall times swing with the load shown above; CPU seconds are steadier.", ""] + ratios
+    if references:
+        md += ["", "## Reference points for the initial sync: `cp -a` and rsync --fsync", "",
+               "Not peers (they are not in the \"best peer\" ratio above): a plain local copy, with and "
+               "without flushing it to disk, and rsync's daemon when it fsyncs every file as tandem does. "
+               "The issue's target is an initial sync within 2× of `cp -a` of the same corpus on the same "
+               "disk. Below 1× tandem is faster.", ""] + references
     if a.notes:
         md += ["", "## Notes", "", open(a.notes).read().strip()]
     md += ["", "## CPU seconds and peak RSS per row", ""] + resources
     md += ["", "## What each row measures", "", DEFINITIONS.rstrip(), ""]
+    if references:
+        md[-1:] = REFERENCE_DEFINITIONS.rstrip().split("\n") + [""]
     md += ["## Runs", "", "| tool | corpus | mode | exit | wall s | load1 before → after |", "| --- | --- | --- | --- | --- | --- |"]
     steps = meta.get("step", []); ends = meta.get("step_end", [])
     for s, e in zip(steps, ends):
