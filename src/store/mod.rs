@@ -12,11 +12,12 @@ mod stat;
 mod tables;
 
 use std::path::{Path, PathBuf};
-use std::sync::{PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{
-    Builder, ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
-    ReadableTable, WriteTransaction,
+    Builder, CompactionError, ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction,
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
 };
 use tandem_proto::model::{FileRecord, Hash, RelPath};
 
@@ -33,6 +34,19 @@ const CACHE_BYTES: usize = 32 << 20;
 
 /// Events kept in the log; older ones are dropped as new ones arrive.
 pub const MAX_EVENTS: u64 = 10_000;
+
+/// Chunks shorter than this get no row in the chunk-location table: fetching a few hundred
+/// bytes from a peer costs less than a row per small file costs every device (about a third
+/// of a small file's index bytes). The planner still turns a pull whose whole content is
+/// already here into a local copy or rename from the records themselves.
+pub const MIN_LOCATED_CHUNK: u32 = 4096;
+
+/// Rows written since the last compaction before [`Index::maybe_compact`] compacts (also at
+/// least an eighth of the folder records held).
+const COMPACT_AFTER_ROWS: u64 = 10_000;
+
+/// How long a compaction waits for transactions in progress to end.
+const COMPACT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why the index could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +94,8 @@ pub struct ChunkLocation {
 /// so `ls` and friends work while `serve` runs.
 pub struct Index {
     db: Db,
+    /// Rows written by committed batches since this handle opened or last compacted.
+    written: Arc<AtomicU64>,
 }
 
 enum Db {
@@ -104,7 +120,7 @@ impl Index {
     /// Opens the index read-only; it must exist. Works while another process writes.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         let db = builder().open_read_only(path).map_err(db_err)?;
-        Ok(Self { db: Db::Read(db) })
+        Ok(Self { db: Db::Read(db), written: Arc::default() })
     }
 
     /// True when this handle can write.
@@ -129,7 +145,10 @@ impl Index {
             txn.open_table(APPLYING).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self { db: Db::Write { path: path.to_path_buf(), db: RwLock::new(Some(db)) } })
+        Ok(Self {
+            db: Db::Write { path: path.to_path_buf(), db: RwLock::new(Some(db)) },
+            written: Arc::default(),
+        })
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
@@ -425,8 +444,64 @@ impl Index {
     /// Starts a batch of writes, committed durably by [`WriteBatch::commit`].
     pub fn write(&self) -> Result<WriteBatch, StoreError> {
         let txn = self.begin(|db| db.begin_write().map_err(Into::into))?;
-        Ok(WriteBatch { txn })
+        Ok(WriteBatch { txn, rows: 0, written: Arc::clone(&self.written) })
     }
+
+    /// Compacts the index file when many rows were written since the last compaction (at
+    /// least [`COMPACT_AFTER_ROWS`] and an eighth of the file records held); true when it
+    /// did. redb grows its file by doubling and copy-on-write frees pages on every commit, so
+    /// after a big scan or a first sync about half the file is free pages; compaction moves
+    /// the live pages to the front and truncates the file. It runs between transactions:
+    /// while one is open here (or a follower process reads), it is left for a later call.
+    /// Each compaction follows a proportional amount of writes, so its cost is amortized.
+    pub fn maybe_compact(&self) -> Result<bool, StoreError> {
+        let Db::Write { path, db } = &self.db else { return Ok(false) };
+        let written = self.written.load(Ordering::Relaxed);
+        if written < COMPACT_AFTER_ROWS {
+            return Ok(false);
+        }
+        let held = {
+            let txn = self.read()?;
+            let files = txn.open_table(FILES).map_err(db_err)?.len().map_err(db_err)?;
+            let peers = txn.open_table(PEER_FILES).map_err(db_err)?.len().map_err(db_err)?;
+            files + peers
+        };
+        if written < held / 8 {
+            return Ok(false);
+        }
+        // holding the handle's lock keeps new transactions out, so the ones in progress
+        // (a session serving index pages, say) drain; one that stays open past the wait
+        // leaves the compaction for a later call
+        let mut guard = db.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(open) = guard.as_mut() else { return Ok(false) };
+        let before = file_len(path);
+        let started = std::time::Instant::now();
+        loop {
+            match open.compact() {
+                Ok(_) => break,
+                Err(CompactionError::TransactionInProgress) if started.elapsed() < COMPACT_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(CompactionError::TransactionInProgress) => {
+                    tracing::debug!("index {}: compaction postponed: busy", path.display());
+                    return Ok(false);
+                }
+                Err(e) => return Err(db_err(e)),
+            }
+        }
+        self.written.store(0, Ordering::Relaxed);
+        tracing::debug!(
+            "index {}: compacted in {:?}, {before} -> {} bytes",
+            path.display(),
+            started.elapsed(),
+            file_len(path)
+        );
+        Ok(true)
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Opens (or creates) the index file for writing.
@@ -471,6 +546,9 @@ fn decode_meta_entry(folder: &str, bytes: &[u8]) -> Result<FolderMeta, StoreErro
 /// One durable write transaction.
 pub struct WriteBatch {
     txn: WriteTransaction,
+    /// Rows this batch wrote, added to `written` once it commits.
+    rows: u64,
+    written: Arc<AtomicU64>,
 }
 
 impl WriteBatch {
@@ -530,6 +608,7 @@ impl WriteBatch {
                 table
                     .insert((folder, peer, record.path.as_str()), value.as_slice())
                     .map_err(db_err)?;
+                self.rows += 1;
                 meta.max_sequence = meta.max_sequence.max(record.sequence);
             }
         }
@@ -634,7 +713,9 @@ impl WriteBatch {
 
     /// Makes the batch durable.
     pub fn commit(self) -> Result<(), StoreError> {
-        self.txn.commit().map_err(db_err)
+        self.txn.commit().map_err(db_err)?;
+        self.written.fetch_add(self.rows, Ordering::Relaxed);
+        Ok(())
     }
 
     fn meta(&self, folder: &str) -> Result<FolderMeta, StoreError> {
@@ -672,6 +753,7 @@ impl WriteBatch {
         }
         let mut files = self.txn.open_table(FILES).map_err(db_err)?;
         files.insert((folder, path), records::encode_file(local).as_slice()).map_err(db_err)?;
+        self.rows += 1;
         Ok(())
     }
 
@@ -684,7 +766,7 @@ impl WriteBatch {
             return Ok(());
         }
         let mut chunks = self.txn.open_multimap_table(CHUNKS).map_err(db_err)?;
-        for chunk in &record.chunks {
+        for chunk in record.chunks.iter().filter(|c| c.len >= MIN_LOCATED_CHUNK) {
             let location = (folder, path, chunk.offset, chunk.len);
             chunks.insert(chunk.hash.as_bytes().as_slice(), location).map_err(db_err)?;
         }
@@ -697,6 +779,8 @@ impl WriteBatch {
         let mut seqs = self.txn.open_table(SEQUENCES).map_err(db_err)?;
         seqs.remove((folder, record.sequence)).map_err(db_err)?;
         let mut chunks = self.txn.open_multimap_table(CHUNKS).map_err(db_err)?;
+        // every chunk, not only located ones: an index written before MIN_LOCATED_CHUNK has
+        // rows for small chunks too
         for chunk in &record.chunks {
             let location = (folder, path, chunk.offset, chunk.len);
             chunks.remove(chunk.hash.as_bytes().as_slice(), location).map_err(db_err)?;
