@@ -12,11 +12,12 @@ mod stat;
 mod tables;
 
 use std::path::{Path, PathBuf};
-use std::sync::{PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{
-    Builder, ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
-    ReadableTable, WriteTransaction,
+    Builder, CompactionError, ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction,
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle, WriteTransaction,
 };
 use tandem_proto::model::{FileRecord, Hash, RelPath};
 
@@ -24,8 +25,8 @@ pub use records::{Event, EventKind, FolderMeta, LocalRecord, PeerMeta, RecordErr
 pub use slices::Slice;
 pub use stat::{SYNCED_MODE_BITS, StatKey};
 use tables::{
-    APPLYING, CHUNKS, EVENTS, FILES, FOLDER_MODES, FOLDER_SYNCED, FOLDERS, PEER_FILES, PEER_META,
-    SEQUENCES,
+    APPLYING, CHUNKS, EVENTS, FILES, FOLDER_MODES, FOLDER_SYNCED, FOLDERS, PEER_FILES,
+    PEER_FILES_V1, PEER_META, PEER_NUMBERS, SEQUENCES,
 };
 
 /// redb page cache per open index.
@@ -33,6 +34,19 @@ const CACHE_BYTES: usize = 32 << 20;
 
 /// Events kept in the log; older ones are dropped as new ones arrive.
 pub const MAX_EVENTS: u64 = 10_000;
+
+/// Chunks shorter than this get no row in the chunk-location table: fetching a few hundred
+/// bytes from a peer costs less than a row per small file costs every device (about a third
+/// of a small file's index bytes). The planner still turns a pull whose whole content is
+/// already here into a local copy or rename from the records themselves.
+pub const MIN_LOCATED_CHUNK: u32 = 4096;
+
+/// Rows written since the last compaction before [`Index::maybe_compact`] compacts (also at
+/// least an eighth of the folder records held).
+const COMPACT_AFTER_ROWS: u64 = 10_000;
+
+/// How long a compaction waits for transactions in progress to end.
+const COMPACT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why the index could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +60,13 @@ pub enum StoreError {
     /// Another process (a running `tandem serve` or `sync`) has the index open.
     #[error("the index is in use by another tandem process (a running `tandem serve` or `sync`)")]
     InUse,
+    /// The index has tables in an older layout and another process holds it for writing, so
+    /// it cannot be upgraded now (an older `tandem serve` still runs).
+    #[error(
+        "the index was written by an older tandem that still has it open; stop it and run \
+         this tandem (`tandem serve` or `tandem scan`) once to upgrade the index"
+    )]
+    NeedsUpgrade,
     /// A stored value could not be decoded.
     #[error("index entry {folder}/{key}: {source}")]
     Corrupt {
@@ -80,6 +101,8 @@ pub struct ChunkLocation {
 /// so `ls` and friends work while `serve` runs.
 pub struct Index {
     db: Db,
+    /// Rows written by committed batches since this handle opened or last compacted.
+    written: Arc<AtomicU64>,
 }
 
 enum Db {
@@ -102,9 +125,27 @@ fn builder() -> Builder {
 
 impl Index {
     /// Opens the index read-only; it must exist. Works while another process writes.
+    ///
+    /// An index with tables in an older layout is upgraded first (opened for writing once),
+    /// unless another process holds it for writing ([`StoreError::NeedsUpgrade`]).
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         let db = builder().open_read_only(path).map_err(db_err)?;
-        Ok(Self { db: Db::Read(db) })
+        let old = {
+            let txn = db.begin_read().map_err(db_err)?;
+            let mut tables = txn.list_tables().map_err(db_err)?;
+            tables.any(|t| t.name() == PEER_FILES_V1.name())
+        };
+        if !old {
+            return Ok(Self { db: Db::Read(db), written: Arc::default() });
+        }
+        drop(db);
+        match Self::open(path) {
+            Ok(upgraded) => drop(upgraded),
+            Err(StoreError::InUse) => return Err(StoreError::NeedsUpgrade),
+            Err(e) => return Err(e),
+        }
+        let db = builder().open_read_only(path).map_err(db_err)?;
+        Ok(Self { db: Db::Read(db), written: Arc::default() })
     }
 
     /// True when this handle can write.
@@ -112,16 +153,19 @@ impl Index {
         matches!(self.db, Db::Write { .. })
     }
 
-    /// Opens the index at `path` for writing, creating it if needed.
+    /// Opens the index at `path` for writing, creating it if needed; tables in an older
+    /// layout are migrated (in the same transaction that creates the missing ones).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = create(path)?;
         let txn = db.begin_write().map_err(db_err)?;
+        migrate_peer_files(&txn)?;
         {
             txn.open_table(FILES).map_err(db_err)?;
             txn.open_table(SEQUENCES).map_err(db_err)?;
             txn.open_multimap_table(CHUNKS).map_err(db_err)?;
             txn.open_table(FOLDERS).map_err(db_err)?;
             txn.open_table(PEER_FILES).map_err(db_err)?;
+            txn.open_table(PEER_NUMBERS).map_err(db_err)?;
             txn.open_table(PEER_META).map_err(db_err)?;
             txn.open_table(EVENTS).map_err(db_err)?;
             txn.open_table(FOLDER_MODES).map_err(db_err)?;
@@ -129,7 +173,10 @@ impl Index {
             txn.open_table(APPLYING).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self { db: Db::Write { path: path.to_path_buf(), db: RwLock::new(Some(db)) } })
+        Ok(Self {
+            db: Db::Write { path: path.to_path_buf(), db: RwLock::new(Some(db)) },
+            written: Arc::default(),
+        })
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
@@ -225,27 +272,19 @@ impl Index {
         path: &RelPath,
     ) -> Result<Vec<FileRecord>, StoreError> {
         let txn = self.read()?;
+        let Some(n) = peer_number(&txn, peer)? else { return Ok(Vec::new()) };
         let table = txn.open_table(PEER_FILES).map_err(db_err)?;
         let mut out = Vec::new();
         let (from, to) = (format!("{path}/"), format!("{path}0"));
-        let own = table.get((folder, peer, path.as_str())).map_err(db_err)?;
-        let below = table
-            .range((folder, peer, from.as_str())..(folder, peer, to.as_str()))
-            .map_err(db_err)?;
-        let decode = |key: String, bytes: &[u8]| {
-            records::decode_peer_file(bytes).map_err(|source| StoreError::Corrupt {
-                folder: folder.into(),
-                key,
-                source,
-            })
-        };
-        if let Some(value) = own {
-            out.push(decode(format!("{peer}/{path}"), value.value())?);
+        if let Some(value) = table.get((folder, n, path.as_str())).map_err(db_err)? {
+            out.push(decode_peer_entry(folder, peer, path.as_str(), value.value())?);
         }
+        let below =
+            table.range((folder, n, from.as_str())..(folder, n, to.as_str())).map_err(db_err)?;
         for entry in below {
             let (key, value) = entry.map_err(db_err)?;
             let (_, _, child) = key.value();
-            out.push(decode(format!("{peer}/{child}"), value.value())?);
+            out.push(decode_peer_entry(folder, peer, child, value.value())?);
         }
         Ok(out)
     }
@@ -344,18 +383,16 @@ impl Index {
     /// The records `peer` announced for `folder`, by path.
     pub fn peer_records(&self, folder: &str, peer: &str) -> Result<Vec<FileRecord>, StoreError> {
         let txn = self.read()?;
+        let Some(n) = peer_number(&txn, peer)? else { return Ok(Vec::new()) };
         let table = txn.open_table(PEER_FILES).map_err(db_err)?;
         let mut out = Vec::new();
-        for entry in table.range((folder, peer, "")..).map_err(db_err)? {
+        for entry in table.range((folder, n, "")..).map_err(db_err)? {
             let (key, value) = entry.map_err(db_err)?;
             let (f, p, path) = key.value();
-            if f != folder || p != peer {
+            if f != folder || p != n {
                 break;
             }
-            let record = records::decode_peer_file(value.value()).map_err(|source| {
-                StoreError::Corrupt { folder: folder.into(), key: format!("{peer}/{path}"), source }
-            })?;
-            out.push(record);
+            out.push(decode_peer_entry(folder, peer, path, value.value())?);
         }
         Ok(out)
     }
@@ -368,11 +405,10 @@ impl Index {
         path: &RelPath,
     ) -> Result<Option<FileRecord>, StoreError> {
         let txn = self.read()?;
+        let Some(n) = peer_number(&txn, peer)? else { return Ok(None) };
         let table = txn.open_table(PEER_FILES).map_err(db_err)?;
-        let value = table.get((folder, peer, path.as_str())).map_err(db_err)?;
-        value.map(|v| records::decode_peer_file(v.value())).transpose().map_err(|source| {
-            StoreError::Corrupt { folder: folder.into(), key: format!("{peer}/{path}"), source }
-        })
+        let value = table.get((folder, n, path.as_str())).map_err(db_err)?;
+        value.map(|v| decode_peer_entry(folder, peer, path.as_str(), v.value())).transpose()
     }
 
     /// The records a plan was about to commit for `folder` when it last ran (see
@@ -391,12 +427,13 @@ impl Index {
             if f != folder {
                 break;
             }
-            let record =
-                records::decode_peer_file(value.value()).map_err(|source| StoreError::Corrupt {
+            let record = records::decode_full_record(value.value()).map_err(|source| {
+                StoreError::Corrupt {
                     folder: folder.into(),
                     key: format!("applying/{path}"),
                     source,
-                })?;
+                }
+            })?;
             out.push(record);
         }
         Ok(out)
@@ -425,8 +462,64 @@ impl Index {
     /// Starts a batch of writes, committed durably by [`WriteBatch::commit`].
     pub fn write(&self) -> Result<WriteBatch, StoreError> {
         let txn = self.begin(|db| db.begin_write().map_err(Into::into))?;
-        Ok(WriteBatch { txn })
+        Ok(WriteBatch { txn, rows: 0, written: Arc::clone(&self.written) })
     }
+
+    /// Compacts the index file when many rows were written since the last compaction (at
+    /// least [`COMPACT_AFTER_ROWS`] and an eighth of the file records held); true when it
+    /// did. redb grows its file by doubling and copy-on-write frees pages on every commit, so
+    /// after a big scan or a first sync about half the file is free pages; compaction moves
+    /// the live pages to the front and truncates the file. It runs between transactions:
+    /// while one is open here (or a follower process reads), it is left for a later call.
+    /// Each compaction follows a proportional amount of writes, so its cost is amortized.
+    pub fn maybe_compact(&self) -> Result<bool, StoreError> {
+        let Db::Write { path, db } = &self.db else { return Ok(false) };
+        let written = self.written.load(Ordering::Relaxed);
+        if written < COMPACT_AFTER_ROWS {
+            return Ok(false);
+        }
+        let held = {
+            let txn = self.read()?;
+            let files = txn.open_table(FILES).map_err(db_err)?.len().map_err(db_err)?;
+            let peers = txn.open_table(PEER_FILES).map_err(db_err)?.len().map_err(db_err)?;
+            files + peers
+        };
+        if written < held / 8 {
+            return Ok(false);
+        }
+        // holding the handle's lock keeps new transactions out, so the ones in progress
+        // (a session serving index pages, say) drain; one that stays open past the wait
+        // leaves the compaction for a later call
+        let mut guard = db.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(open) = guard.as_mut() else { return Ok(false) };
+        let before = file_len(path);
+        let started = std::time::Instant::now();
+        loop {
+            match open.compact() {
+                Ok(_) => break,
+                Err(CompactionError::TransactionInProgress) if started.elapsed() < COMPACT_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(CompactionError::TransactionInProgress) => {
+                    tracing::debug!("index {}: compaction postponed: busy", path.display());
+                    return Ok(false);
+                }
+                Err(e) => return Err(db_err(e)),
+            }
+        }
+        self.written.store(0, Ordering::Relaxed);
+        tracing::debug!(
+            "index {}: compacted in {:?}, {before} -> {} bytes",
+            path.display(),
+            started.elapsed(),
+            file_len(path)
+        );
+        Ok(true)
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Opens (or creates) the index file for writing.
@@ -443,6 +536,86 @@ fn decode_entry(folder: &str, path: &str, bytes: &[u8]) -> Result<LocalRecord, S
         corrupt(RecordError::Codec(tandem_proto::codec::CodecError::Malformed(e.to_string())))
     })?;
     records::decode_file(rel, bytes).map_err(corrupt)
+}
+
+/// Decodes a PEER_FILES value of `peer` stored under `path`.
+fn decode_peer_entry(
+    folder: &str,
+    peer: &str,
+    path: &str,
+    bytes: &[u8],
+) -> Result<FileRecord, StoreError> {
+    let corrupt = |source| StoreError::Corrupt {
+        folder: folder.into(),
+        key: format!("{peer}/{path}"),
+        source,
+    };
+    let rel = RelPath::new(path).map_err(|e| {
+        corrupt(RecordError::Codec(tandem_proto::codec::CodecError::Malformed(e.to_string())))
+    })?;
+    records::decode_peer_file(rel, bytes).map_err(corrupt)
+}
+
+/// The number `peer`'s rows are keyed by, if it has one.
+fn peer_number(txn: &ReadTransaction, peer: &str) -> Result<Option<u32>, StoreError> {
+    let table = match txn.open_table(PEER_NUMBERS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(db_err(e)),
+    };
+    Ok(table.get(peer).map_err(db_err)?.map(|v| v.value()))
+}
+
+/// The number of `peer`, given the next free one if it has none yet.
+fn number_peer(table: &mut redb::Table<'_, &str, u32>, peer: &str) -> Result<u32, StoreError> {
+    if let Some(n) = table.get(peer).map_err(db_err)? {
+        return Ok(n.value());
+    }
+    let mut last = 0;
+    for entry in table.iter().map_err(db_err)? {
+        last = last.max(entry.map_err(db_err)?.1.value());
+    }
+    let n = last + 1;
+    table.insert(peer, n).map_err(db_err)?;
+    Ok(n)
+}
+
+/// Moves the rows of `peer_files_v1` (keyed by the peer's device id text, values whole
+/// records) to `peer_files_v2` (keyed by the peer's number, compact values) and deletes the
+/// old table. Nothing to do in an index without it.
+fn migrate_peer_files(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let exists = txn.list_tables().map_err(db_err)?.any(|t| t.name() == PEER_FILES_V1.name());
+    if !exists {
+        return Ok(());
+    }
+    let mut moved = 0u64;
+    {
+        let old = txn.open_table(PEER_FILES_V1).map_err(db_err)?;
+        let mut numbers = txn.open_table(PEER_NUMBERS).map_err(db_err)?;
+        let mut new = txn.open_table(PEER_FILES).map_err(db_err)?;
+        let mut last: Option<(String, u32)> = None;
+        for entry in old.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            let (folder, peer, path) = key.value();
+            let n = match &last {
+                Some((p, n)) if p == peer => *n,
+                _ => {
+                    let n = number_peer(&mut numbers, peer)?;
+                    last = Some((peer.to_string(), n));
+                    n
+                }
+            };
+            let record = records::decode_full_record(value.value()).map_err(|source| {
+                StoreError::Corrupt { folder: folder.into(), key: format!("{peer}/{path}"), source }
+            })?;
+            new.insert((folder, n, path), records::encode_peer_file(&record).as_slice())
+                .map_err(db_err)?;
+            moved += 1;
+        }
+    }
+    txn.delete_table(PEER_FILES_V1).map_err(db_err)?;
+    tracing::info!("index: moved {moved} peer records to the peer_files_v2 layout");
+    Ok(())
 }
 
 /// Reads a peer's metadata from an open PEER_META table (read or write transaction).
@@ -471,6 +644,9 @@ fn decode_meta_entry(folder: &str, bytes: &[u8]) -> Result<FolderMeta, StoreErro
 /// One durable write transaction.
 pub struct WriteBatch {
     txn: WriteTransaction,
+    /// Rows this batch wrote, added to `written` once it commits.
+    rows: u64,
+    written: Arc<AtomicU64>,
 }
 
 impl WriteBatch {
@@ -519,17 +695,22 @@ impl WriteBatch {
     ) -> Result<(), StoreError> {
         let mut meta = if replace { PeerMeta::default() } else { self.peer_meta(folder, peer)? };
         {
+            let n = {
+                let mut numbers = self.txn.open_table(PEER_NUMBERS).map_err(db_err)?;
+                number_peer(&mut numbers, peer)?
+            };
             let mut table = self.txn.open_table(PEER_FILES).map_err(db_err)?;
             if replace {
                 table
-                    .retain_in((folder, peer, "")..=(folder, peer, "\u{10FFFF}"), |_, _| false)
+                    .retain_in((folder, n, "")..=(folder, n, "\u{10FFFF}"), |_, _| false)
                     .map_err(db_err)?;
             }
             for record in records {
                 let value = records::encode_peer_file(record);
                 table
-                    .insert((folder, peer, record.path.as_str()), value.as_slice())
+                    .insert((folder, n, record.path.as_str()), value.as_slice())
                     .map_err(db_err)?;
+                self.rows += 1;
                 meta.max_sequence = meta.max_sequence.max(record.sequence);
             }
         }
@@ -558,7 +739,7 @@ impl WriteBatch {
         table.retain_in((folder, "")..=(folder, "\u{10FFFF}"), |_, _| false).map_err(db_err)?;
         for record in records {
             let header = FileRecord { chunks: Vec::new(), ..(*record).clone() };
-            let value = records::encode_peer_file(&header);
+            let value = records::encode_full_record(&header);
             table.insert((folder, record.path.as_str()), value.as_slice()).map_err(db_err)?;
         }
         Ok(())
@@ -634,7 +815,9 @@ impl WriteBatch {
 
     /// Makes the batch durable.
     pub fn commit(self) -> Result<(), StoreError> {
-        self.txn.commit().map_err(db_err)
+        self.txn.commit().map_err(db_err)?;
+        self.written.fetch_add(self.rows, Ordering::Relaxed);
+        Ok(())
     }
 
     fn meta(&self, folder: &str) -> Result<FolderMeta, StoreError> {
@@ -672,6 +855,7 @@ impl WriteBatch {
         }
         let mut files = self.txn.open_table(FILES).map_err(db_err)?;
         files.insert((folder, path), records::encode_file(local).as_slice()).map_err(db_err)?;
+        self.rows += 1;
         Ok(())
     }
 
@@ -684,7 +868,7 @@ impl WriteBatch {
             return Ok(());
         }
         let mut chunks = self.txn.open_multimap_table(CHUNKS).map_err(db_err)?;
-        for chunk in &record.chunks {
+        for chunk in record.chunks.iter().filter(|c| c.len >= MIN_LOCATED_CHUNK) {
             let location = (folder, path, chunk.offset, chunk.len);
             chunks.insert(chunk.hash.as_bytes().as_slice(), location).map_err(db_err)?;
         }
@@ -697,6 +881,8 @@ impl WriteBatch {
         let mut seqs = self.txn.open_table(SEQUENCES).map_err(db_err)?;
         seqs.remove((folder, record.sequence)).map_err(db_err)?;
         let mut chunks = self.txn.open_multimap_table(CHUNKS).map_err(db_err)?;
+        // every chunk, not only located ones: an index written before MIN_LOCATED_CHUNK has
+        // rows for small chunks too
         for chunk in &record.chunks {
             let location = (folder, path, chunk.offset, chunk.len);
             chunks.remove(chunk.hash.as_bytes().as_slice(), location).map_err(db_err)?;
@@ -717,4 +903,182 @@ fn new_index_id(folder: &str) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest.as_bytes()[..8]);
     u64::from_le_bytes(first).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_proto::model::{ChunkRef, EntryKind, ShortId, VersionVector};
+
+    use super::*;
+
+    fn record(path: &str, size: u32) -> FileRecord {
+        let hash = Hash::of(path.as_bytes());
+        FileRecord {
+            path: RelPath::new(path).unwrap(),
+            kind: EntryKind::File,
+            size: u64::from(size),
+            mtime_ns: 1_700_000_000_000_000_000,
+            mode: 0o644,
+            symlink_target: None,
+            hash,
+            chunks: vec![ChunkRef { offset: 0, len: size, hash }],
+            version: VersionVector::new().bumped(ShortId::new(7), 1_700_000_000),
+            sequence: 3,
+            deleted: false,
+            modified_by: ShortId::new(7),
+        }
+    }
+
+    const PEER: &str = "GEBO35O-D3LRJFH-TJMKO7M-XPN4Q5N-TO7MQDQ-AXL2XJL-VHYVL6R-2CQVGPF";
+
+    /// An index as tandem wrote it before peer numbers: peer rows keyed by device id text.
+    fn write_v1_index(path: &Path, rows: &[(&str, &str, FileRecord)]) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(PEER_FILES_V1).unwrap();
+            for (folder, peer, record) in rows {
+                let value = records::encode_full_record(record);
+                table.insert((*folder, *peer, record.path.as_str()), value.as_slice()).unwrap();
+            }
+            let mut meta = txn.open_table(PEER_META).unwrap();
+            let value = records::encode_peer_meta(&PeerMeta { index_id: 5, max_sequence: 3 });
+            meta.insert(("f", PEER), value.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    fn v1_rows() -> Vec<(&'static str, &'static str, FileRecord)> {
+        vec![
+            ("f", PEER, record("a/x.txt", 10)),
+            ("f", PEER, record("a/y.txt", 20)),
+            ("f", "OTHER", record("a/x.txt", 30)),
+            ("g", PEER, record("b.txt", 40)),
+        ]
+    }
+
+    fn has_v1_table(path: &Path) -> bool {
+        let db = builder().open_read_only(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        txn.list_tables().unwrap().any(|t| t.name() == PEER_FILES_V1.name())
+    }
+
+    #[test]
+    fn peer_records_of_an_old_index_are_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.redb");
+        write_v1_index(&path, &v1_rows());
+        let index = Index::open(&path).unwrap();
+        let under = RelPath::new("a").unwrap();
+        assert_eq!(
+            index.peer_records("f", PEER).unwrap(),
+            vec![record("a/x.txt", 10), record("a/y.txt", 20)]
+        );
+        assert_eq!(index.peer_records("f", "OTHER").unwrap(), vec![record("a/x.txt", 30)]);
+        assert_eq!(index.peer_records("g", PEER).unwrap(), vec![record("b.txt", 40)]);
+        assert_eq!(index.peer_records_under("f", PEER, &under).unwrap().len(), 2);
+        let x = RelPath::new("a/x.txt").unwrap();
+        assert_eq!(index.peer_record("f", "OTHER", &x).unwrap(), Some(record("a/x.txt", 30)));
+        assert_eq!(index.peer_meta("f", PEER).unwrap().index_id, 5);
+        drop(index);
+        assert!(!has_v1_table(&path), "the old table is gone");
+        // a record put after the migration lands beside the migrated ones
+        let index = Index::open(&path).unwrap();
+        let mut batch = index.write().unwrap();
+        batch.put_peer_records("f", PEER, 5, &[record("a/z.txt", 50)], false).unwrap();
+        batch.commit().unwrap();
+        assert_eq!(index.peer_records("f", PEER).unwrap().len(), 3);
+        assert_eq!(index.peer_records("f", "OTHER").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_read_only_open_upgrades_an_old_index_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.redb");
+        write_v1_index(&path, &v1_rows());
+        let index = Index::open_read_only(&path).unwrap();
+        assert_eq!(index.peer_records("f", PEER).unwrap().len(), 2);
+        drop(index);
+        assert!(!has_v1_table(&path));
+        // while an older writer holds it, it cannot be upgraded
+        write_v1_index(&dir.path().join("j.redb"), &v1_rows());
+        let held = create(&dir.path().join("j.redb")).unwrap();
+        assert!(matches!(
+            Index::open_read_only(&dir.path().join("j.redb")),
+            Err(StoreError::NeedsUpgrade)
+        ));
+        drop(held);
+    }
+
+    #[test]
+    fn peer_rows_are_keyed_by_a_number_and_stay_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("i.redb")).unwrap();
+        let mut batch = index.write().unwrap();
+        batch.put_peer_records("f", PEER, 1, &[record("d0001/f0001234.txt", 15)], true).unwrap();
+        batch
+            .put_peer_records("f", "SECOND", 1, &[record("d0001/f0001234.txt", 16)], true)
+            .unwrap();
+        batch.commit().unwrap();
+        let txn = index.read().unwrap();
+        let numbers = txn.open_table(PEER_NUMBERS).unwrap();
+        assert_eq!(numbers.get(PEER).unwrap().unwrap().value(), 1);
+        assert_eq!(numbers.get("SECOND").unwrap().unwrap().value(), 2);
+        let table = txn.open_table(PEER_FILES).unwrap();
+        let value = table.get(("f", 1, "d0001/f0001234.txt")).unwrap().unwrap();
+        assert!(value.value().len() < 80, "{} bytes", value.value().len());
+        let path = RelPath::new("d0001/f0001234.txt").unwrap();
+        assert_eq!(index.peer_record("f", "SECOND", &path).unwrap().unwrap().size, 16);
+        assert_eq!(index.peer_record("f", "UNKNOWN", &path).unwrap(), None);
+        assert!(index.peer_records("f", "UNKNOWN").unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_chunks_of_a_page_or_more_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("i.redb")).unwrap();
+        let (small, big) = (record("small", 100), record("big", MIN_LOCATED_CHUNK));
+        let mut batch = index.write().unwrap();
+        for r in [&small, &big] {
+            batch
+                .put_change("f", LocalRecord { record: r.clone(), stat: StatKey::default() })
+                .unwrap();
+        }
+        batch.commit().unwrap();
+        assert!(index.chunk_locations(&small.hash).unwrap().is_empty());
+        assert_eq!(index.chunk_locations(&big.hash).unwrap().len(), 1);
+        // a row an older tandem wrote for a small chunk goes with its record
+        let mut batch = index.write().unwrap();
+        let mut chunks = batch.txn.open_multimap_table(CHUNKS).unwrap();
+        chunks.insert(small.hash.as_bytes().as_slice(), ("f", "small", 0, 100)).unwrap();
+        drop(chunks);
+        batch.remove_record("f", &small.path).unwrap();
+        batch.commit().unwrap();
+        assert!(index.chunk_locations(&small.hash).unwrap().is_empty());
+    }
+
+    #[test]
+    fn many_writes_are_followed_by_a_compaction_that_shrinks_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.redb");
+        let index = Index::open(&path).unwrap();
+        let n = COMPACT_AFTER_ROWS as u32 + 10;
+        for block in 0..(n / 1000 + 1) {
+            let mut batch = index.write().unwrap();
+            for i in (block * 1000)..((block + 1) * 1000).min(n) {
+                let r = record(&format!("d{:04}/f{i:07}.txt", i / 1000), 15);
+                batch.put_change("f", LocalRecord { record: r, stat: StatKey::default() }).unwrap();
+            }
+            batch.commit().unwrap();
+        }
+        let before = file_len(&path);
+        // a read in progress postpones it
+        let reading = index.read().unwrap();
+        assert!(!index.maybe_compact().unwrap());
+        drop(reading);
+        assert!(index.maybe_compact().unwrap());
+        assert!(file_len(&path) < before, "{} -> {}", before, file_len(&path));
+        assert!(!index.maybe_compact().unwrap(), "nothing written since");
+        assert_eq!(index.records("f").unwrap().len(), n as usize);
+    }
 }

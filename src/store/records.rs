@@ -11,8 +11,12 @@ use tandem_proto::model::{ChunkRef, EntryKind, FileRecord, Hash, RelPath, ShortI
 
 use crate::store::StatKey;
 
-/// The format byte written by this version.
+/// The format byte of every stored value but peer records.
 const FORMAT_V1: u8 = 1;
+
+/// The format byte of peer records since `peer_files_v2`: [`StoredPeerV2`] (format 1 there
+/// was a whole `FileRecord`, path and chunk offsets included).
+const FORMAT_V2: u8 = 2;
 
 /// A file record as this replica holds it: the record it announces plus the stat tuple the
 /// scanner's fast path compares against.
@@ -132,9 +136,7 @@ pub enum RecordError {
 /// Encodes a local record for the FILES table.
 pub(crate) fn encode_file(local: &LocalRecord) -> Vec<u8> {
     let r = &local.record;
-    let single = r.kind == EntryKind::File && r.chunks.len() == 1 && r.chunks[0].hash == r.hash;
-    let chunks =
-        if single { Vec::new() } else { r.chunks.iter().map(|c| (c.len, c.hash)).collect() };
+    let chunks = stored_chunks(r);
     let body = StoredFileV1 {
         kind: r.kind,
         size: r.size,
@@ -152,12 +154,22 @@ pub(crate) fn encode_file(local: &LocalRecord) -> Vec<u8> {
     envelope(FORMAT_V1, &body)
 }
 
-/// Decodes a FILES value stored under `path`.
-pub(crate) fn decode_file(path: RelPath, bytes: &[u8]) -> Result<LocalRecord, RecordError> {
-    let body: StoredFileV1 = open_envelope(bytes)?;
+/// The (length, hash) list stored for a record: empty for a file that is one chunk.
+fn stored_chunks(r: &FileRecord) -> Vec<(u32, Hash)> {
+    let single = r.kind == EntryKind::File && r.chunks.len() == 1 && r.chunks[0].hash == r.hash;
+    if single { Vec::new() } else { r.chunks.iter().map(|c| (c.len, c.hash)).collect() }
+}
+
+/// The chunk list back from its stored form (offsets summed, a single chunk restored).
+fn expand_chunks(
+    stored: &[(u32, Hash)],
+    kind: EntryKind,
+    size: u64,
+    deleted: bool,
+    hash: Hash,
+) -> Vec<ChunkRef> {
     let mut offset = 0u64;
-    let mut chunks: Vec<ChunkRef> = body
-        .chunks
+    let mut chunks: Vec<ChunkRef> = stored
         .iter()
         .map(|&(len, hash)| {
             let chunk = ChunkRef { offset, len, hash };
@@ -165,10 +177,17 @@ pub(crate) fn decode_file(path: RelPath, bytes: &[u8]) -> Result<LocalRecord, Re
             chunk
         })
         .collect();
-    if chunks.is_empty() && body.kind == EntryKind::File && body.size > 0 && !body.deleted {
-        let len = u32::try_from(body.size).unwrap_or(u32::MAX);
-        chunks.push(ChunkRef { offset: 0, len, hash: body.hash });
+    if chunks.is_empty() && kind == EntryKind::File && size > 0 && !deleted {
+        let len = u32::try_from(size).unwrap_or(u32::MAX);
+        chunks.push(ChunkRef { offset: 0, len, hash });
     }
+    chunks
+}
+
+/// Decodes a FILES value stored under `path`.
+pub(crate) fn decode_file(path: RelPath, bytes: &[u8]) -> Result<LocalRecord, RecordError> {
+    let body: StoredFileV1 = open_envelope(bytes)?;
+    let chunks = expand_chunks(&body.chunks, body.kind, body.size, body.deleted, body.hash);
     let record = FileRecord {
         path,
         kind: body.kind,
@@ -196,13 +215,74 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> Result<FolderMeta, RecordError> {
     open_envelope(bytes)
 }
 
-/// Encodes a record a peer announced.
-pub(crate) fn encode_peer_file(record: &FileRecord) -> Vec<u8> {
+/// A peer's record as `peer_files_v2` stores it: what the key (path) and the chunk list
+/// (offsets; a single chunk) already say is left out, as in [`StoredFileV1`].
+#[derive(Serialize, Deserialize)]
+struct StoredPeerV2 {
+    kind: EntryKind,
+    size: u64,
+    mtime_ns: i64,
+    mode: u32,
+    symlink_target: Option<String>,
+    hash: Hash,
+    chunks: Vec<(u32, Hash)>,
+    version: VersionVector,
+    sequence: u64,
+    deleted: bool,
+    modified_by: ShortId,
+}
+
+/// Encodes a record a peer announced, for `peer_files_v2` (format 2).
+pub(crate) fn encode_peer_file(r: &FileRecord) -> Vec<u8> {
+    let body = StoredPeerV2 {
+        kind: r.kind,
+        size: r.size,
+        mtime_ns: r.mtime_ns,
+        mode: r.mode,
+        symlink_target: r.symlink_target.clone(),
+        hash: r.hash,
+        chunks: stored_chunks(r),
+        version: r.version.clone(),
+        sequence: r.sequence,
+        deleted: r.deleted,
+        modified_by: r.modified_by,
+    };
+    envelope(FORMAT_V2, &body)
+}
+
+/// Decodes a record a peer announced, stored under `path`: format 2, or format 1 (a whole
+/// `FileRecord`, as `peer_files_v1` held them).
+pub(crate) fn decode_peer_file(path: RelPath, bytes: &[u8]) -> Result<FileRecord, RecordError> {
+    match bytes.split_first() {
+        Some((&FORMAT_V2, body)) => {
+            let b: StoredPeerV2 = codec::decode(body)?;
+            Ok(FileRecord {
+                path,
+                chunks: expand_chunks(&b.chunks, b.kind, b.size, b.deleted, b.hash),
+                kind: b.kind,
+                size: b.size,
+                mtime_ns: b.mtime_ns,
+                mode: b.mode,
+                symlink_target: b.symlink_target,
+                hash: b.hash,
+                version: b.version,
+                sequence: b.sequence,
+                deleted: b.deleted,
+                modified_by: b.modified_by,
+            })
+        }
+        _ => decode_full_record(bytes),
+    }
+}
+
+/// Encodes a whole record, path and chunk offsets included (format 1): `applying_v1`
+/// values, and `peer_files_v1` values before it was migrated.
+pub(crate) fn encode_full_record(record: &FileRecord) -> Vec<u8> {
     envelope(FORMAT_V1, record)
 }
 
-/// Decodes a record a peer announced.
-pub(crate) fn decode_peer_file(bytes: &[u8]) -> Result<FileRecord, RecordError> {
+/// Decodes a whole record (format 1).
+pub(crate) fn decode_full_record(bytes: &[u8]) -> Result<FileRecord, RecordError> {
     open_envelope(bytes)
 }
 
@@ -271,6 +351,28 @@ mod tests {
         for local in [single, multi, empty] {
             let bytes = encode_file(&local);
             assert_eq!(decode_file(local.record.path.clone(), &bytes).unwrap(), local);
+        }
+    }
+
+    #[test]
+    fn peer_records_round_trip_in_both_formats() {
+        let h = Hash::of(b"x");
+        let multi = vec![
+            ChunkRef { offset: 0, len: 60, hash: Hash::of(b"1") },
+            ChunkRef { offset: 60, len: 40, hash: Hash::of(b"2") },
+        ];
+        let deleted = FileRecord { deleted: true, ..sample(vec![], h, 0).record };
+        for record in [
+            sample(vec![ChunkRef { offset: 0, len: 100, hash: h }], h, 100).record,
+            sample(multi, h, 100).record,
+            deleted,
+        ] {
+            let compact = encode_peer_file(&record);
+            assert_eq!(compact[0], FORMAT_V2);
+            assert_eq!(decode_peer_file(record.path.clone(), &compact).unwrap(), record);
+            let full = encode_full_record(&record);
+            assert!(compact.len() < full.len());
+            assert_eq!(decode_peer_file(record.path.clone(), &full).unwrap(), record);
         }
     }
 

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use tandem_proto::model::FileRecord;
 
 use crate::store::tables::{FILES, PEER_FILES};
-use crate::store::{Index, LocalRecord, StoreError, db_err, decode_entry, records};
+use crate::store::{Index, LocalRecord, StoreError, db_err, decode_entry, decode_peer_entry};
 
 /// One slice: the local records and, per peer (in the order asked), the peer's records of
 /// the same range of paths. Each list is in path order.
@@ -70,7 +70,9 @@ impl Index {
         let mut local_iter = files.range((folder, "")..).map_err(db_err)?;
         let mut peer_iters = Vec::new();
         for peer in peers {
-            peer_iters.push(peer_files.range((folder, peer.as_str(), "")..).map_err(db_err)?);
+            // a peer without a number has no records: u32::MAX is past every number
+            let n = crate::store::peer_number(&txn, peer)?.unwrap_or(u32::MAX);
+            peer_iters.push((n, peer_files.range((folder, n, "")..).map_err(db_err)?));
         }
         let mut local: Stream<LocalRecord> = Stream::new();
         let mut theirs: Vec<Stream<FileRecord>> = peers.iter().map(|_| Stream::new()).collect();
@@ -91,24 +93,17 @@ impl Index {
                     None => local.done = true,
                 }
             }
-            for ((stream, iter), peer) in theirs.iter_mut().zip(&mut peer_iters).zip(peers) {
+            for ((stream, (n, iter)), peer) in theirs.iter_mut().zip(&mut peer_iters).zip(peers) {
                 while !stream.done && stream.buffered.len() < size {
                     match iter.next() {
                         Some(entry) => {
                             let (key, value) = entry.map_err(db_err)?;
                             let (f, p, path) = key.value();
-                            if f != folder || p != peer {
+                            if f != folder || p != *n {
                                 stream.done = true;
                                 break;
                             }
-                            let record =
-                                records::decode_peer_file(value.value()).map_err(|source| {
-                                    StoreError::Corrupt {
-                                        folder: folder.into(),
-                                        key: format!("{peer}/{path}"),
-                                        source,
-                                    }
-                                })?;
+                            let record = decode_peer_entry(folder, peer, path, value.value())?;
                             stream.buffered.push_back((path.to_string(), record));
                         }
                         None => stream.done = true,

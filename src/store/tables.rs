@@ -22,9 +22,20 @@ pub(crate) const CHUNKS: MultimapTableDefinition<'_, &[u8], (&str, &str, u64, u3
 /// folder id → encoded [`crate::store::FolderMeta`].
 pub(crate) const FOLDERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("folders_v1");
 
-/// (folder id, peer device id text, path) → encoded `FileRecord` the peer announced.
-pub(crate) const PEER_FILES: TableDefinition<'_, (&str, &str, &str), &[u8]> =
+/// (folder id, peer number, path) → encoded record the peer announced (format 2 of
+/// `records.rs`: without the path, chunk offsets or a single chunk's list). The number
+/// stands for the peer's 63-character device id text in every row (see [`PEER_NUMBERS`]).
+pub(crate) const PEER_FILES: TableDefinition<'_, (&str, u32, &str), &[u8]> =
+    TableDefinition::new("peer_files_v2");
+
+/// The layout before peer numbers: (folder id, peer device id text, path) → format-1
+/// `FileRecord`. Opening an index for writing moves its rows to [`PEER_FILES`] and deletes it.
+pub(crate) const PEER_FILES_V1: TableDefinition<'_, (&str, &str, &str), &[u8]> =
     TableDefinition::new("peer_files_v1");
+
+/// peer device id text → the peer's number in this index (1, 2, …; never reused).
+pub(crate) const PEER_NUMBERS: TableDefinition<'_, &str, u32> =
+    TableDefinition::new("peer_numbers_v1");
 
 /// (folder id, peer device id text) → encoded [`crate::store::PeerMeta`].
 pub(crate) const PEER_META: TableDefinition<'_, (&str, &str), &[u8]> =

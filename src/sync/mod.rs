@@ -1045,8 +1045,22 @@ pub async fn initial_scan(inner: &Arc<Inner>, folder: &FolderId) -> Result<(), F
     scan_scope(inner, &cfg, Scope::All).await
 }
 
-/// One scan of `scope` and up to `MAX_ROUNDS` plan-and-apply rounds.
+/// One scan of `scope` and up to `MAX_ROUNDS` plan-and-apply rounds, then an index
+/// compaction if they (or the peers' index updates since the last one) wrote many rows.
 pub async fn sync_folder_once(
+    inner: &Arc<Inner>,
+    folder: &FolderId,
+    scope: Scope,
+) -> Result<(), FolderError> {
+    let result = sync_rounds(inner, folder, scope).await;
+    let compacted = blocking(inner, |inner| inner.index.maybe_compact()).await;
+    if let Ok(Err(e)) = compacted {
+        tracing::warn!("folder {folder}: compacting the index: {e}");
+    }
+    result
+}
+
+async fn sync_rounds(
     inner: &Arc<Inner>,
     folder: &FolderId,
     scope: Scope,
