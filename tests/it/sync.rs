@@ -191,13 +191,15 @@ fn a_transfer_goes_on_when_its_connection_is_replaced_by_a_duplicate() {
     // the one dialed by the smaller id and closes the other, even mid-transfer. The puller
     // must carry on over the kept connection, not fail the file and resume it later.
     let (x, y) = pair();
-    let (server, client) = if x.id() < y.id() { (x, y) } else { (y, x) };
-    let data = random_bytes(12, 24 << 20);
+    // the keeper is the dialer with the bytewise smaller device id (not the smaller text)
+    let id = |d: &Device| d.id().parse::<tandem_proto::model::DeviceId>().expect("device id");
+    let (server, client) = if id(&x) < id(&y) { (x, y) } else { (y, x) };
+    let data = random_bytes(12, 32 << 20);
     server.write("large.bin", &data);
-    // the server (smaller id) redials every second: its new connection replaces the one
-    // the client dialed, while the slowed transfer is under way
+    // the server redials every second: its new connection replaces the one the client
+    // dialed, while the slowed transfer (about 3 s) is under way
     let serve = server
-        .serve_with(&[("TANDEM_TEST_RESPONSE_DELAY_MS", "150"), ("TANDEM_TEST_REDIAL_SECS", "1")]);
+        .serve_with(&[("TANDEM_TEST_RESPONSE_DELAY_MS", "400"), ("TANDEM_TEST_REDIAL_SECS", "1")]);
     let out = client.run(&["sync", "--timeout", "120", "--log-level", "debug"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sync failed:\n{stderr}");
