@@ -186,6 +186,36 @@ fn a_transfer_killed_half_way_resumes_without_resending_what_arrived() {
 }
 
 #[test]
+fn a_64_byte_edit_in_a_small_file_and_a_small_file_growing_past_64_kib_send_only_the_change() {
+    let (a, b) = pair();
+    let mut notes = random_bytes(13, 40 << 10);
+    let mut log = random_bytes(14, 60 << 10);
+    a.write("notes.bin", &notes);
+    a.write("log.bin", &log);
+    let mut serve = a.serve();
+    let initial = b.sync_ok();
+    assert_eq!(initial.network, (100 << 10) as u64, "{initial:?}");
+    // 64 bytes overwritten in the middle of the 40 KiB file (its size unchanged)
+    serve.stop();
+    notes[(20 << 10) - 32..(20 << 10) + 32].copy_from_slice(&random_bytes(15, 64));
+    a.write("notes.bin", &notes);
+    let mut serve = a.serve();
+    let edited = b.sync_ok();
+    assert_eq!(fs::read(b.path("notes.bin")).unwrap(), notes);
+    assert!(edited.network <= 8 << 10, "more than a few KiB crossed: {edited:?}");
+    assert_eq!(edited.network + edited.reused, notes.len() as u64, "{edited:?}");
+    // 30 KiB appended to the 60 KiB file: past the small-file size, it keeps its chunk
+    // sizes, so only the growth (and the old last chunk) crosses
+    serve.stop();
+    log.extend_from_slice(&random_bytes(16, 30 << 10));
+    a.write("log.bin", &log);
+    let _serve = a.serve();
+    let grown = b.sync_ok();
+    assert_eq!(fs::read(b.path("log.bin")).unwrap(), log);
+    assert!(grown.network <= (30 + 8) << 10, "the old part was sent again: {grown:?}");
+}
+
+#[test]
 fn a_transfer_goes_on_when_its_connection_is_replaced_by_a_duplicate() {
     // Two devices that dial each other at once hold two connections; PROTOCOL §9.8 keeps
     // the one dialed by the smaller id and closes the other, even mid-transfer. The puller
