@@ -10,6 +10,13 @@
 //! keeping the unfinished tail and continuing after a refill yields exactly the cut points of
 //! chunking the whole file at once. A file whose identity, size or mtime changes while it is
 //! read is reported as [`HashError::Changed`], never recorded half-read.
+//!
+//! Chunk sizes trade an edit's cost against the index: a changed file resends the chunks
+//! that changed, and every chunk is a row in the index. So a file of 4 KiB or less is one
+//! chunk (the most numerous files stay one row), a file up to 64 KiB gets 2 KiB chunks (a
+//! small edit resends a few KiB, not the file), and larger files 64 KiB chunks and up, bounded
+//! in number. A new version keeps its previous version's sizes where it can
+//! ([`ChunkParams::for_update`]), or the unchanged chunks would not match.
 
 use std::fs::File;
 use std::io::{self, Read};
