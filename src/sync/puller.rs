@@ -11,7 +11,9 @@
 //! writeback is started during the transfer: done after the last chunk, hashing a 1 GiB
 //! file again and then waiting for its fsync to write 1 GiB were the serial tail of every
 //! large transfer. A file of one chunk (most small files) takes a shorter road: its chunk
-//! is fetched first, then one blocking step writes, fsyncs and renames it.
+//! is fetched first, then one blocking step writes, fsyncs and renames it. So does a file of
+//! up to 4 MiB none of whose chunks is here: one request for the whole file (its hash is
+//! the request's hash) instead of one per chunk, since small files have small chunks.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -22,7 +24,7 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use tandem_proto::model::{ChunkRef, DeviceId, FileRecord, FolderId, Hash, RelPath};
 use tandem_proto::rules::LocalChunk;
-use tandem_proto::wire::{CloseCode, ErrorCode, Message, Request, ResponseBody};
+use tandem_proto::wire::{CloseCode, ErrorCode, MAX_REQUEST, Message, Request, ResponseBody};
 
 use crate::net::conn::{FramedRecv, FramedSend};
 use crate::store::LocalRecord;
@@ -60,6 +62,10 @@ pub(crate) async fn pull_file(inner: &Arc<Inner>, job: PullJob) -> Result<(), Ap
         let (inner, job) = (inner.clone(), job.clone());
         blocking(move || prepare(&inner, &job)).await??
     };
+    let none_here = !missing.is_empty() && missing.len() == job.record.chunks.len();
+    if none_here && job.record.size <= u64::from(MAX_REQUEST) {
+        return pull_whole(inner, job, file).await;
+    }
     let assembly = Arc::new(Assembly {
         file,
         digest: Mutex::new(digest),
@@ -102,6 +108,24 @@ async fn pull_single(inner: &Arc<Inner>, job: PullJob, chunk: ChunkRef) -> Resul
     };
     blocking(move || {
         let file = job.fs.create_temp(&job.record)?;
+        file.write_all_at(&data, 0).map_err(io_at(&job.record.path))?;
+        job.fs.install(&file, &job.record, job.indexed.as_ref())
+    })
+    .await?
+}
+
+/// A file none of whose chunks is here, small enough for one request: fetched whole, in one
+/// request whose hash is the file's own, instead of one request per chunk (a 40 KiB file cut
+/// into 2 KiB chunks would otherwise cost 20 round trips, streams and reads on both sides).
+/// Every byte is verified by the file hash. The record's chunk list is not checked against
+/// the bytes here: whoever uses a chunk later (a local copy, a peer's request) verifies it.
+async fn pull_whole(inner: &Arc<Inner>, job: Arc<PullJob>, file: File) -> Result<(), ApplyError> {
+    let record = &job.record;
+    let len = u32::try_from(record.size)
+        .map_err(|_| ApplyError::Store("file too large for one request".to_string()))?;
+    let whole = ChunkRef { offset: 0, len, hash: record.hash };
+    let data = fetch_chunk(inner, 0, &job, &whole).await?;
+    blocking(move || {
         file.write_all_at(&data, 0).map_err(io_at(&job.record.path))?;
         job.fs.install(&file, &job.record, job.indexed.as_ref())
     })
@@ -323,11 +347,12 @@ fn read_matching(file: &File, chunk: &ChunkRef) -> Option<Vec<u8>> {
 fn local_chunk(inner: &Inner, job: &PullJob, idx: usize, chunk: &ChunkRef) -> Option<Vec<u8>> {
     let hinted =
         job.reuse.iter().filter(|r| r.index as usize == idx).map(|r| (r.from.clone(), r.offset));
-    let located = inner
-        .index
-        .chunk_locations(&chunk.hash)
-        .unwrap_or_default()
-        .into_iter()
+    // looked up only when the hints did not do, and never for chunks too small to be
+    // located (the index keeps no locations for them; a lookup per 2 KiB chunk of every
+    // small file would cost more than fetching it)
+    let located = std::iter::once(())
+        .filter(|()| chunk.len >= crate::store::MIN_LOCATED_CHUNK)
+        .flat_map(|()| inner.index.chunk_locations(&chunk.hash).unwrap_or_default())
         .filter(|loc| loc.folder == job.folder.as_str() && loc.len == chunk.len)
         .filter_map(|loc| RelPath::new(loc.path).ok().map(|p| (p, loc.offset)));
     for (from, offset) in hinted.chain(located).take(4) {
@@ -544,7 +569,7 @@ pub(crate) fn read_at(file: &File, offset: u64, len: u32) -> std::io::Result<Vec
 
 /// Why a request could not be served.
 pub(crate) fn serve_read(fs: &FolderFs, request: &Request) -> Result<Vec<u8>, ErrorCode> {
-    if request.size > tandem_proto::wire::MAX_REQUEST {
+    if request.size > MAX_REQUEST {
         return Err(ErrorCode::Invalid);
     }
     fs.check_parents(&request.path).map_err(|_| ErrorCode::NoSuchFile)?;
