@@ -25,7 +25,7 @@ pub use records::{Event, EventKind, FolderMeta, LocalRecord, PeerMeta, RecordErr
 pub use slices::Slice;
 pub use stat::{SYNCED_MODE_BITS, StatKey};
 use tables::{
-    APPLYING, CHUNKS, EVENTS, FILES, FOLDER_MODES, FOLDER_SYNCED, FOLDERS, PEER_FILES,
+    APPLYING, CHUNKS, CONTENTS, EVENTS, FILES, FOLDER_MODES, FOLDER_SYNCED, FOLDERS, PEER_FILES,
     PEER_FILES_V1, PEER_META, PEER_NUMBERS, SEQUENCES,
 };
 
@@ -163,6 +163,7 @@ impl Index {
             txn.open_table(FILES).map_err(db_err)?;
             txn.open_table(SEQUENCES).map_err(db_err)?;
             txn.open_multimap_table(CHUNKS).map_err(db_err)?;
+            txn.open_multimap_table(CONTENTS).map_err(db_err)?;
             txn.open_table(FOLDERS).map_err(db_err)?;
             txn.open_table(PEER_FILES).map_err(db_err)?;
             txn.open_table(PEER_NUMBERS).map_err(db_err)?;
@@ -330,6 +331,21 @@ impl Index {
             let value = value.map_err(db_err)?;
             let (folder, path, offset, len) = value.value();
             out.push(ChunkLocation { folder: folder.into(), path: path.into(), offset, len });
+        }
+        Ok(out)
+    }
+
+    /// Local files (folder, path) whose whole content may hash to `hash`: only files with
+    /// chunks too small to be located are listed, and the key is a prefix of the hash, so
+    /// the caller must verify what it reads.
+    pub fn files_with_content(&self, hash: &Hash) -> Result<Vec<(String, String)>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_multimap_table(CONTENTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for value in table.get(content_key(hash)).map_err(db_err)? {
+            let value = value.map_err(db_err)?;
+            let (folder, path) = value.value();
+            out.push((folder.to_string(), path.to_string()));
         }
         Ok(out)
     }
@@ -872,6 +888,10 @@ impl WriteBatch {
             let location = (folder, path, chunk.offset, chunk.len);
             chunks.insert(chunk.hash.as_bytes().as_slice(), location).map_err(db_err)?;
         }
+        if by_content(record) {
+            let mut contents = self.txn.open_multimap_table(CONTENTS).map_err(db_err)?;
+            contents.insert(content_key(&record.hash), (folder, path)).map_err(db_err)?;
+        }
         Ok(())
     }
 
@@ -887,8 +907,27 @@ impl WriteBatch {
             let location = (folder, path, chunk.offset, chunk.len);
             chunks.remove(chunk.hash.as_bytes().as_slice(), location).map_err(db_err)?;
         }
+        if by_content(record) {
+            let mut contents = self.txn.open_multimap_table(CONTENTS).map_err(db_err)?;
+            contents.remove(content_key(&record.hash), (folder, path)).map_err(db_err)?;
+        }
         Ok(())
     }
+}
+
+/// A live, non-empty file some of whose chunks are too small to be located: findable by
+/// its whole content instead (see [`CONTENTS`]).
+fn by_content(record: &FileRecord) -> bool {
+    !record.deleted
+        && record.kind == tandem_proto::model::EntryKind::File
+        && record.chunks.iter().any(|c| c.len < MIN_LOCATED_CHUNK)
+}
+
+/// The [`CONTENTS`] key of a content hash.
+fn content_key(hash: &Hash) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(first)
 }
 
 /// A fresh index id: unique per folder incarnation, derived from the folder, the time and
@@ -1055,6 +1094,28 @@ mod tests {
         batch.remove_record("f", &small.path).unwrap();
         batch.commit().unwrap();
         assert!(index.chunk_locations(&small.hash).unwrap().is_empty());
+    }
+
+    #[test]
+    fn files_whose_chunks_are_not_located_are_found_by_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("i.redb")).unwrap();
+        let (small, big) = (record("small", 100), record("big", MIN_LOCATED_CHUNK));
+        let mut batch = index.write().unwrap();
+        for r in [&small, &big] {
+            batch
+                .put_change("f", LocalRecord { record: r.clone(), stat: StatKey::default() })
+                .unwrap();
+        }
+        batch.commit().unwrap();
+        let found = index.files_with_content(&small.hash).unwrap();
+        assert_eq!(found, vec![("f".to_string(), "small".to_string())]);
+        // a file whose chunks are located needs no content row
+        assert!(index.files_with_content(&big.hash).unwrap().is_empty());
+        let mut batch = index.write().unwrap();
+        batch.remove_record("f", &small.path).unwrap();
+        batch.commit().unwrap();
+        assert!(index.files_with_content(&small.hash).unwrap().is_empty());
     }
 
     #[test]

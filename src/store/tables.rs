@@ -19,6 +19,14 @@ pub(crate) const SEQUENCES: TableDefinition<'_, (&str, u64), &str> =
 pub(crate) const CHUNKS: MultimapTableDefinition<'_, &[u8], (&str, &str, u64, u32)> =
     MultimapTableDefinition::new("chunks_v1");
 
+/// first 8 bytes of a file's whole-content hash (little-endian) → (folder id, path): the
+/// live files whose chunks are not all in [`CHUNKS`] (chunks under `MIN_LOCATED_CHUNK` are
+/// not located), so a pulled file whose content is already here — a renamed or copied small
+/// file — is copied instead of downloaded. Eight bytes keep the rows small; a candidate is
+/// verified by reading it.
+pub(crate) const CONTENTS: MultimapTableDefinition<'_, u64, (&str, &str)> =
+    MultimapTableDefinition::new("contents_v1");
+
 /// folder id → encoded [`crate::store::FolderMeta`].
 pub(crate) const FOLDERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("folders_v1");
 

@@ -94,7 +94,7 @@ async fn pull_single(inner: &Arc<Inner>, job: PullJob, chunk: ChunkRef) -> Resul
         });
     }
     // a point lookup in the index and one read of at most one chunk of a local file
-    let data = match local_chunk(inner, &job, 0, &chunk) {
+    let data = match local_chunk(inner, &job, 0, &chunk).or_else(|| local_whole(inner, &job)) {
         Some(data) => {
             inner.stats.reused.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
             data
@@ -272,7 +272,45 @@ fn prepare(
         }
         missing.push((idx, *chunk));
     }
+    if missing.len() == chunks.len()
+        && !missing.is_empty()
+        && let Some(data) = local_whole(inner, job)
+    {
+        // none of its chunks is located, but a file with the same content is here
+        file.write_all_at(&data, 0).map_err(io_at(&job.record.path))?;
+        inner.stats.reused.fetch_add(job.record.size, Ordering::Relaxed);
+        for (idx, chunk) in missing.drain(..) {
+            let at = usize::try_from(chunk.offset).unwrap_or(usize::MAX);
+            let bytes = data.get(at..at.saturating_add(chunk.len as usize)).unwrap_or_default();
+            digest.landed(idx, Some(bytes), chunks);
+        }
+    }
     Ok((file, missing, digest))
+}
+
+/// The whole content of `job.record` from a local file with the same content — a renamed or
+/// copied file whose chunks are too small to be located (`Index::files_with_content`) —
+/// verified by its hash. Only for files that fit one request.
+fn local_whole(inner: &Inner, job: &PullJob) -> Option<Vec<u8>> {
+    let record = &job.record;
+    if record.size > u64::from(MAX_REQUEST) {
+        return None;
+    }
+    let len = u32::try_from(record.size).ok()?;
+    let candidates = inner.index.files_with_content(&record.hash).ok()?;
+    let here = candidates.into_iter().filter(|(folder, _)| folder == job.folder.as_str());
+    for (_, path) in here.take(4) {
+        let Ok(from) = RelPath::new(path) else { continue };
+        if job.fs.check_parents(&from).is_err() {
+            continue;
+        }
+        let Ok(source) = open_nofollow(&job.fs.abs(&from)) else { continue };
+        let Ok(data) = read_at(&source, 0, len) else { continue };
+        if Hash::of(&data) == record.hash {
+            return Some(data);
+        }
+    }
+    None
 }
 
 async fn blocking<T: Send + 'static>(

@@ -328,7 +328,9 @@ fn chunks_with_wrong_bytes_from_a_crafted_peer_are_discarded_and_fetched_again()
     // evil.bin never shows up under its name, whole or partial
     assert!(wait_until(30, || serve.log_text().contains("evil.bin: no connected peer")));
     assert!(!victim.path("evil.bin").exists(), "bytes that failed verification were installed");
-    assert!(asked.load(Ordering::Relaxed) >= 6, "{} requests", asked.load(Ordering::Relaxed));
+    // each file fits one request and none of it is here, so each is asked for whole: fixed.bin
+    // twice (bad, then good), evil.bin at least three times (every attempt, then a retry)
+    assert!(asked.load(Ordering::Relaxed) >= 5, "{} requests", asked.load(Ordering::Relaxed));
     drop(session);
     assert_survived(&victim, &honest, &serve.log_text());
 }
