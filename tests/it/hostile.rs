@@ -336,6 +336,59 @@ fn chunks_with_wrong_bytes_from_a_crafted_peer_are_discarded_and_fetched_again()
 }
 
 #[test]
+fn a_puller_keeps_at_most_max_in_flight_requests_outstanding_per_peer() {
+    // PROTOCOL §10.4: a requester SHOULD keep at most MAX_IN_FLIGHT requests outstanding per
+    // peer. Eight 8 MiB files (too big for a whole-file request) of 64 KiB chunks are pulled
+    // at once by parallel transfers; Mallory answers each request after 30 ms and counts how
+    // many wait at the same time.
+    let (victim, mallory, honest) = victim_mallory_honest();
+    let serve = victim.serve();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let files: Vec<(String, Vec<u8>)> =
+        (0..8).map(|i| (format!("many-{i}.bin"), random_bytes(40 + i, 8 << 20))).collect();
+    let records = files.iter().map(|(name, data)| record_of(name, data, 64 << 10)).collect();
+    let (waiting, most) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let session = runtime.block_on(async {
+        let mut m = open_session(&mallory, &victim).await;
+        m.send.write_all(&index_frame("docs", records)).await.unwrap();
+        m.send.write_all(&encode_frame(&Message::Ping).unwrap()).await.unwrap();
+        let (conn, files) = (m.conn.clone(), Arc::new(files.clone()));
+        let (waiting, most) = (waiting.clone(), most.clone());
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let (files, waiting, most) = (files.clone(), waiting.clone(), most.clone());
+                tokio::spawn(async move {
+                    let Ok(bytes) = recv.read_to_end(1 << 20).await else { return };
+                    let Ok(Message::Request(r)) = decode_frame(&bytes) else { return };
+                    let now = waiting.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    let data = files.iter().find(|(n, _)| n == r.path.as_str()).unwrap();
+                    let (at, len) = (r.offset as usize, r.size as usize);
+                    let body = ResponseBody::Data(data.1[at..at + len].to_vec());
+                    waiting.fetch_sub(1, Ordering::SeqCst);
+                    let response = Response { id: r.id, body };
+                    let _ =
+                        send.write_all(&encode_frame(&Message::Response(response)).unwrap()).await;
+                    let _ = send.finish();
+                });
+            }
+        });
+        m
+    });
+    let arrived = wait_until(120, || {
+        files.iter().all(|(name, data)| std::fs::read(victim.path(name)).is_ok_and(|d| &d == data))
+    });
+    assert!(arrived, "the files never arrived: {}", serve.log_text());
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= MAX_IN_FLIGHT as u64, "{most} requests were outstanding at once");
+    assert!(most > 8, "the transfers never overlapped ({most}), so this proved nothing");
+    assert!(!serve.log_text().contains("Busy"), "{}", serve.log_text());
+    drop(session);
+    assert_survived(&victim, &honest, &serve.log_text());
+}
+
+#[test]
 fn index_for_a_folder_not_shared_with_the_peer_is_refused_and_its_files_are_not_served() {
     let (victim, mallory, honest) = victim_mallory_honest();
     std::fs::create_dir(victim.dir.path().join("private")).unwrap();
