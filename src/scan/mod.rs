@@ -179,8 +179,51 @@ impl Known {
     }
 }
 
-/// Indexed paths and what the scan knows of them.
-type KnownMap = BTreeMap<String, Known>;
+/// Indexed paths and what the scan knows of them, sorted by path: a vector searched by
+/// bisection holds a million paths in about half the memory of a tree map, and the walk
+/// marks what it saw by position (a bit per path) instead of copying every path it meets.
+#[derive(Default)]
+struct KnownMap {
+    entries: Vec<(Box<str>, Known)>,
+}
+
+impl KnownMap {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn insert(&mut self, path: String, known: Known) {
+        self.entries.push((path.into_boxed_str(), known));
+    }
+
+    /// Puts the entries in path order (the index yields them so already; the subtrees of a
+    /// targeted scan are read one after another) and drops duplicates.
+    fn finish(&mut self) {
+        self.entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.entries.dedup_by(|a, b| a.0 == b.0);
+        self.entries.shrink_to_fit();
+    }
+
+    fn position(&self, path: &str) -> Option<usize> {
+        self.entries.binary_search_by(|(p, _)| (**p).cmp(path)).ok()
+    }
+
+    fn get(&self, path: &str) -> Option<&Known> {
+        self.position(path).map(|i| &self.entries[i].1)
+    }
+
+    fn contains_key(&self, path: &str) -> bool {
+        self.position(path).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Known> {
+        self.entries.iter().map(|(_, k)| k)
+    }
+}
 
 /// What the writer receives.
 enum Found {
@@ -199,6 +242,7 @@ pub fn scan_folder(index: &Index, target: &ScanTarget<'_>) -> Result<ScanSummary
     index.for_each_record(target.folder, |l| {
         existing.insert(l.record.path.to_string(), Known::of(&l));
     })?;
+    existing.finish();
     check_marker(target.root, &existing)?;
     let mut summary = scan_with(index, target, &filter, &existing, None)?;
     count_live(index, target.folder, &mut summary)?;
@@ -234,6 +278,7 @@ pub fn scan_paths(
             existing.insert(local.record.path.to_string(), Known::of(&local));
         }
     }
+    existing.finish();
     let mut summary = scan_with(index, target, &filter, &existing, Some(&starts))?;
     summary.elapsed = started.elapsed();
     Ok(summary)
@@ -303,7 +348,11 @@ fn scan_with(
         for found in found_rx {
             writer.accept(found)?;
         }
-        Ok(walker.join().unwrap_or_default())
+        // a walker that panicked saw nothing: never read that as "everything deleted"
+        walker.join().map_err(|_| ScanError::RootMissing {
+            path: target.root.to_path_buf(),
+            reason: "the directory walk failed".to_string(),
+        })
     })?;
     writer.tombstones(filter, &seen, &unknown)?;
     Ok(writer.finish()?)
@@ -362,15 +411,18 @@ fn walk_folder(
     existing: &KnownMap,
     jobs: mpsc::SyncSender<HashJob>,
     found: mpsc::SyncSender<Found>,
-) -> (BTreeSet<String>, Vec<RelPath>) {
-    let mut seen = BTreeSet::new();
+) -> (Vec<bool>, Vec<RelPath>) {
+    let mut seen = vec![false; existing.len()];
     let mut unknown = Vec::new();
     let mut visit = |item| match item {
         WalkItem::Entry { path, abs, meta } => {
             let stat = StatKey::from_metadata(&meta);
-            let old = existing.get(path.as_str());
-            if meta.file_type().is_file() || meta.is_dir() || meta.file_type().is_symlink() {
-                seen.insert(path.to_string());
+            let at = existing.position(path.as_str());
+            let old = at.map(|i| &existing.entries[i].1);
+            if let Some(i) = at
+                && (meta.file_type().is_file() || meta.is_dir() || meta.file_type().is_symlink())
+            {
+                seen[i] = true;
             }
             // the stored key is the argument: its racy flag forces a read
             if old.is_some_and(|o| !o.deleted && stat.unchanged(&o.stat)) {
@@ -564,15 +616,15 @@ impl<'a> Writer<'a> {
     fn tombstones(
         &mut self,
         filter: &Filter,
-        seen: &BTreeSet<String>,
+        seen: &[bool],
         unknown: &[RelPath],
     ) -> Result<(), StoreError> {
         let existing = self.existing;
-        for (path, known) in existing {
-            if known.deleted || seen.contains(path) {
+        for (i, (path, known)) in existing.entries.iter().enumerate() {
+            if known.deleted || seen.get(i).copied().unwrap_or(true) {
                 continue;
             }
-            let Ok(rel) = RelPath::new(path.as_str()) else { continue };
+            let Ok(rel) = RelPath::new(path.to_string()) else { continue };
             let skipped = unknown.iter().any(|u| u == &rel || u.is_ancestor_of(&rel))
                 || filter.excludes(&rel, known.dir);
             if skipped {
