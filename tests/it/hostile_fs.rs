@@ -218,7 +218,11 @@ fn disk_full_during_a_pull_fails_cleanly_and_completes_once_space_is_freed() {
     let serve_b = b.serve();
     assert!(wait_until(WAIT, || b.path("keep.txt").exists()), "{}", serve_b.log_text());
     let big = random_bytes(21, 6 << 20);
-    a.write("big.bin", &big);
+    // written beside the folder and moved in, so a's watcher cannot index a partly written
+    // file (a 3 MiB first version would fit the disk and legitimately appear on b)
+    let staged = a.dir.path().join("big.bin.staged");
+    fs::write(&staged, &big).unwrap();
+    fs::rename(&staged, a.path("big.bin")).unwrap();
     assert!(logged(&serve_b, &["big.bin", "No space left on device"]), "{}", serve_b.log_text());
     assert!(error_event(&b, "big.bin", "No space left on device"));
     expect_status_error(&b, "big.bin", "No space left on device");
