@@ -65,7 +65,7 @@ pub struct ChunkParams {
 
 impl ChunkParams {
     /// Parameters for a file of `size` bytes: above 4 KiB and up to 64 KiB, 2 KiB average
-    /// ([`SMALL`]); otherwise 64 KiB average (one chunk for a file of 4 KiB or less), doubled
+    /// (`SMALL`); otherwise 64 KiB average (one chunk for a file of 4 KiB or less), doubled
     /// until the file has at most about 16,384 chunks (1 MiB average at most), min = avg/4,
     /// max = avg×4.
     pub fn for_size(size: u64) -> Self {
@@ -118,7 +118,7 @@ impl ChunkParams {
     /// The parameters a version of `size` bytes cut into `chunks` chunks was cut with. `None`
     /// with fewer than two chunks (nothing to preserve).
     ///
-    /// A mean chunk of at most 8 KiB means [`SMALL`], exactly: small chunks are at most
+    /// A mean chunk of at most 8 KiB means `SMALL`, exactly: small chunks are at most
     /// 8 KiB, and with any larger parameters every chunk but the last has at least 16 KiB,
     /// so two or more of them average more than 8 KiB. Otherwise the power-of-two average
     /// nearest (in ratio) to the mean chunk size.

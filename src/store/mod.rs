@@ -482,7 +482,7 @@ impl Index {
     }
 
     /// Compacts the index file when many rows were written since the last compaction (at
-    /// least [`COMPACT_AFTER_ROWS`] and an eighth of the file records held); true when it
+    /// least `COMPACT_AFTER_ROWS` and an eighth of the file records held); true when it
     /// did. redb grows its file by doubling and copy-on-write frees pages on every commit, so
     /// after a big scan or a first sync about half the file is free pages; compaction moves
     /// the live pages to the front and truncates the file. It runs between transactions:
