@@ -1072,8 +1072,8 @@ mod tests {
         assert!(index.peer_records("f", "UNKNOWN").unwrap().is_empty());
     }
 
-    #[test]
-    fn only_chunks_of_a_page_or_more_are_located() {
+    /// An index holding a file of one 100-byte chunk and one of a `MIN_LOCATED_CHUNK` chunk.
+    fn small_and_big() -> (tempfile::TempDir, Index, FileRecord, FileRecord) {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(&dir.path().join("i.redb")).unwrap();
         let (small, big) = (record("small", 100), record("big", MIN_LOCATED_CHUNK));
@@ -1084,6 +1084,12 @@ mod tests {
                 .unwrap();
         }
         batch.commit().unwrap();
+        (dir, index, small, big)
+    }
+
+    #[test]
+    fn only_chunks_of_a_page_or_more_are_located() {
+        let (_dir, index, small, big) = small_and_big();
         assert!(index.chunk_locations(&small.hash).unwrap().is_empty());
         assert_eq!(index.chunk_locations(&big.hash).unwrap().len(), 1);
         // a row an older tandem wrote for a small chunk goes with its record
@@ -1098,16 +1104,7 @@ mod tests {
 
     #[test]
     fn files_whose_chunks_are_not_located_are_found_by_their_content() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("i.redb")).unwrap();
-        let (small, big) = (record("small", 100), record("big", MIN_LOCATED_CHUNK));
-        let mut batch = index.write().unwrap();
-        for r in [&small, &big] {
-            batch
-                .put_change("f", LocalRecord { record: r.clone(), stat: StatKey::default() })
-                .unwrap();
-        }
-        batch.commit().unwrap();
+        let (_dir, index, small, big) = small_and_big();
         let found = index.files_with_content(&small.hash).unwrap();
         assert_eq!(found, vec![("f".to_string(), "small".to_string())]);
         // a file whose chunks are located needs no content row

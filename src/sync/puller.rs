@@ -100,9 +100,7 @@ async fn pull_single(inner: &Arc<Inner>, job: PullJob, chunk: ChunkRef) -> Resul
             data
         }
         None => {
-            if !job.sources.iter().any(|id| inner.connection(id).is_some()) {
-                return Err(ApplyError::NoSource(record.path.clone()));
-            }
+            connected_source(inner, &job)?;
             fetch_chunk(inner, 0, &job, &chunk).await?
         }
     };
@@ -299,18 +297,22 @@ fn local_whole(inner: &Inner, job: &PullJob) -> Option<Vec<u8>> {
     let len = u32::try_from(record.size).ok()?;
     let candidates = inner.index.files_with_content(&record.hash).ok()?;
     let here = candidates.into_iter().filter(|(folder, _)| folder == job.folder.as_str());
-    for (_, path) in here.take(4) {
-        let Ok(from) = RelPath::new(path) else { continue };
-        if job.fs.check_parents(&from).is_err() {
-            continue;
-        }
-        let Ok(source) = open_nofollow(&job.fs.abs(&from)) else { continue };
-        let Ok(data) = read_at(&source, 0, len) else { continue };
-        if Hash::of(&data) == record.hash {
-            return Some(data);
-        }
-    }
-    None
+    let paths = here.filter_map(|(_, path)| RelPath::new(path).ok());
+    paths.take(4).find_map(|from| read_verified(&job.fs, &from, 0, len, &record.hash))
+}
+
+/// `len` bytes at `offset` of the local file `from` (never through a symlink), if they hash
+/// to `hash`.
+fn read_verified(
+    fs: &FolderFs,
+    from: &RelPath,
+    offset: u64,
+    len: u32,
+    hash: &Hash,
+) -> Option<Vec<u8>> {
+    fs.check_parents(from).ok()?;
+    let source = open_nofollow(&fs.abs(from)).ok()?;
+    read_at(&source, offset, len).ok().filter(|data| Hash::of(data) == *hash)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -331,15 +333,17 @@ pub(crate) fn copy_local(
     fs.check_parents(from)?;
     let source = open_nofollow(&fs.abs(from)).map_err(io_at(from))?;
     let (file, _) = fs.open_temp(record)?;
-    for chunk in &record.chunks {
+    let mut digest = Digest::new(record.chunks.len());
+    for (idx, chunk) in record.chunks.iter().enumerate() {
         let data = read_at(&source, chunk.offset, chunk.len).map_err(io_at(from))?;
         if Hash::of(&data) != chunk.hash {
             fs.discard_temp(record);
             return Err(ApplyError::LocalChange(from.clone()));
         }
         file.write_all_at(&data, chunk.offset).map_err(io_at(&record.path))?;
+        digest.landed(idx, Some(&data), &record.chunks);
     }
-    verify_whole(&file, record)?;
+    digest.finish(&file, record)?;
     fs.install(&file, record, indexed)
 }
 
@@ -393,17 +397,9 @@ fn local_chunk(inner: &Inner, job: &PullJob, idx: usize, chunk: &ChunkRef) -> Op
         .flat_map(|()| inner.index.chunk_locations(&chunk.hash).unwrap_or_default())
         .filter(|loc| loc.folder == job.folder.as_str() && loc.len == chunk.len)
         .filter_map(|loc| RelPath::new(loc.path).ok().map(|p| (p, loc.offset)));
-    for (from, offset) in hinted.chain(located).take(4) {
-        if job.fs.check_parents(&from).is_err() {
-            continue;
-        }
-        let Ok(source) = open_nofollow(&job.fs.abs(&from)) else { continue };
-        let Ok(data) = read_at(&source, offset, chunk.len) else { continue };
-        if Hash::of(&data) == chunk.hash {
-            return Some(data);
-        }
-    }
-    None
+    let mut candidates = hinted.chain(located).take(4);
+    candidates
+        .find_map(|(from, offset)| read_verified(&job.fs, &from, offset, chunk.len, &chunk.hash))
 }
 
 /// Fetches `missing` from peers, `PIPELINE` requests at a time, verifying each chunk,
@@ -417,9 +413,7 @@ async fn fetch_chunks(
     if missing.is_empty() {
         return Ok(());
     }
-    if !job.sources.iter().any(|id| inner.connection(id).is_some()) {
-        return Err(ApplyError::NoSource(job.record.path.clone()));
-    }
+    connected_source(inner, job)?;
     let fetches = missing.into_iter().map(|(idx, chunk)| async move {
         let data = fetch_chunk(inner, idx, job, &chunk).await?;
         let at = io_at(&job.record.path);
@@ -460,6 +454,15 @@ fn start_writeback(assembly: &Arc<Assembly>) {
         let _ = assembly.file.sync_data();
         assembly.writing_back.store(false, Ordering::Release);
     });
+}
+
+/// Fails with [`ApplyError::NoSource`] unless a peer that announced the version is connected.
+fn connected_source(inner: &Inner, job: &PullJob) -> Result<(), ApplyError> {
+    if job.sources.iter().any(|id| inner.connection(id).is_some()) {
+        Ok(())
+    } else {
+        Err(ApplyError::NoSource(job.record.path.clone()))
+    }
 }
 
 /// One chunk from the first peer that sends bytes with the right hash. The connection is
@@ -559,38 +562,6 @@ async fn exchange(conn: &quinn::Connection, request: Request) -> Result<Vec<u8>,
             ResponseBody::Error(code) => Err(code.to_string()),
         },
         other => Err(format!("unexpected answer {other:?}")),
-    }
-}
-
-/// Checks the assembled temp file against the record's whole-file hash.
-fn verify_whole(file: &File, record: &FileRecord) -> Result<(), ApplyError> {
-    // A file that is one chunk whose hash is the file's hash was verified when that chunk
-    // was (received, reused or resumed): every byte of it went through that check.
-    if let [only] = record.chunks.as_slice()
-        && only.offset == 0
-        && u64::from(only.len) == record.size
-        && only.hash == record.hash
-    {
-        return Ok(());
-    }
-    let mut hasher = blake3::Hasher::new();
-    let mut offset = 0u64;
-    // sized to the file (a zeroed 4 MiB buffer per small file would cost more than its hash)
-    let len = usize::try_from(record.size).unwrap_or(usize::MAX).clamp(4096, 4 << 20);
-    let mut buf = crate::scan::hasher::AlignedBuf::new(len.next_multiple_of(4096));
-    while offset < record.size {
-        let n = file.read_at(buf.bytes_mut(), offset).map_err(io_at(&record.path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf.bytes_mut()[..n]);
-        offset += n as u64;
-    }
-    let actual = Hash::from(hasher.finalize());
-    if actual == record.hash && offset == record.size {
-        Ok(())
-    } else {
-        Err(ApplyError::HashMismatch { path: record.path.clone(), expected: record.hash, actual })
     }
 }
 
