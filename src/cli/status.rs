@@ -298,6 +298,11 @@ fn check(report: &StatusJson, max_lag: Option<u64>) -> anyhow::Result<()> {
                 ));
             }
         }
+        if report.daemon && lag.is_empty() && f.synced_secs.is_none() {
+            // the index looks in sync, but the daemon's round that confirms it (with every
+            // peer's acknowledgement) has not finished yet: "in sync" implies a `synced_at`
+            lag.push(format!("folder {}: not confirmed in sync by the daemon yet", f.id));
+        }
         if !recent {
             if !lag.is_empty() && max_lag.is_some() {
                 let last = f.synced_at.as_deref().unwrap_or("never");

@@ -8,6 +8,7 @@
 
 mod records;
 mod slices;
+mod snapshot;
 mod stat;
 mod tables;
 
@@ -23,6 +24,7 @@ use tandem_proto::model::{FileRecord, Hash, RelPath};
 
 pub use records::{Event, EventKind, FolderMeta, LocalRecord, PeerMeta, RecordError};
 pub use slices::Slice;
+pub use snapshot::Snapshot;
 pub use stat::{SYNCED_MODE_BITS, StatKey};
 use tables::{
     APPLYING, CHUNKS, CONTENTS, EVENTS, FILES, FOLDER_MODES, FOLDER_SYNCED, FOLDERS, PEER_FILES,
@@ -249,20 +251,7 @@ impl Index {
         folder: &str,
         path: &RelPath,
     ) -> Result<Vec<LocalRecord>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_table(FILES).map_err(db_err)?;
-        let mut out = Vec::new();
-        if let Some(value) = table.get((folder, path.as_str())).map_err(db_err)? {
-            out.push(decode_entry(folder, path.as_str(), value.value())?);
-        }
-        // children sort between "path/" and "path0" ('0' follows '/' in byte order)
-        let (from, to) = (format!("{path}/"), format!("{path}0"));
-        for entry in table.range((folder, from.as_str())..(folder, to.as_str())).map_err(db_err)? {
-            let (key, value) = entry.map_err(db_err)?;
-            let (_, child) = key.value();
-            out.push(decode_entry(folder, child, value.value())?);
-        }
-        Ok(out)
+        self.snapshot()?.records_under(folder, path)
     }
 
     /// The records `peer` announced for `path` and everything below it, in path order.
@@ -272,30 +261,12 @@ impl Index {
         peer: &str,
         path: &RelPath,
     ) -> Result<Vec<FileRecord>, StoreError> {
-        let txn = self.read()?;
-        let Some(n) = peer_number(&txn, peer)? else { return Ok(Vec::new()) };
-        let table = txn.open_table(PEER_FILES).map_err(db_err)?;
-        let mut out = Vec::new();
-        let (from, to) = (format!("{path}/"), format!("{path}0"));
-        if let Some(value) = table.get((folder, n, path.as_str())).map_err(db_err)? {
-            out.push(decode_peer_entry(folder, peer, path.as_str(), value.value())?);
-        }
-        let below =
-            table.range((folder, n, from.as_str())..(folder, n, to.as_str())).map_err(db_err)?;
-        for entry in below {
-            let (key, value) = entry.map_err(db_err)?;
-            let (_, _, child) = key.value();
-            out.push(decode_peer_entry(folder, peer, child, value.value())?);
-        }
-        Ok(out)
+        self.snapshot()?.peer_records_under(folder, peer, path)
     }
 
     /// The record of one path.
     pub fn record(&self, folder: &str, path: &RelPath) -> Result<Option<LocalRecord>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_table(FILES).map_err(db_err)?;
-        let value = table.get((folder, path.as_str())).map_err(db_err)?;
-        value.map(|v| decode_entry(folder, path.as_str(), v.value())).transpose()
+        self.snapshot()?.record(folder, path)
     }
 
     /// Records changed after `since`, in sequence order (for incremental index exchange).
@@ -420,11 +391,7 @@ impl Index {
         peer: &str,
         path: &RelPath,
     ) -> Result<Option<FileRecord>, StoreError> {
-        let txn = self.read()?;
-        let Some(n) = peer_number(&txn, peer)? else { return Ok(None) };
-        let table = txn.open_table(PEER_FILES).map_err(db_err)?;
-        let value = table.get((folder, n, path.as_str())).map_err(db_err)?;
-        value.map(|v| decode_peer_entry(folder, peer, path.as_str(), v.value())).transpose()
+        self.snapshot()?.peer_record(folder, peer, path)
     }
 
     /// The records a plan was about to commit for `folder` when it last ran (see

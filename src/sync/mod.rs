@@ -7,6 +7,7 @@
 //! disk. A step that finds the disk different from the index stops the round and rescans,
 //! so a local change is never overwritten unseen.
 
+pub mod durable;
 pub mod executor;
 pub mod modes;
 pub mod puller;
@@ -30,7 +31,7 @@ use crate::config::{Config, FolderConfig};
 use crate::home::Home;
 use crate::scan::watch::Change;
 use crate::scan::{ScanTarget, scan_folder, scan_paths};
-use crate::store::{Index, LocalRecord, StoreError};
+use crate::store::{Index, LocalRecord, Snapshot, StoreError};
 
 /// Planning rounds per wake-up before waiting for news.
 const MAX_ROUNDS: usize = 8;
@@ -1214,6 +1215,8 @@ fn plan_folder(inner: &Inner, cfg: &FolderConfig, scope: PlanScope) -> Result<Pl
     let peer_names: Vec<String> = cfg.share.iter().map(ToString::to_string).collect();
     let mut pending: BTreeSet<RelPath> = BTreeSet::new();
     let mut missing: BTreeMap<DeviceId, BTreeSet<RelPath>> = BTreeMap::new();
+    // one consistent view for every per-path read of this plan
+    let mut snap = inner.index.snapshot()?;
     let checked = match scope {
         PlanScope::All => {
             inner.index.for_each_slice(folder, &peer_names, SLICE, |slice| {
@@ -1234,7 +1237,7 @@ fn plan_folder(inner: &Inner, cfg: &FolderConfig, scope: PlanScope) -> Result<Pl
         }
         PlanScope::Paths(paths) => {
             let (local, peers) =
-                load_paths(inner, cfg, &peer_names, with_ancestors(paths.iter().cloned()))?;
+                load_paths(&mut snap, cfg, &peer_names, with_ancestors(paths.iter().cloned()))?;
             let records: Records =
                 local.iter().map(|(p, l)| (p.clone(), l.record.clone())).collect();
             judge(cfg.mode, &records, &peers, &mut pending, &mut missing);
@@ -1243,8 +1246,10 @@ fn plan_folder(inner: &Inner, cfg: &FolderConfig, scope: PlanScope) -> Result<Pl
     };
     // the planner checks that a path's parent is a directory (ancestors come along) and
     // decides about a directory from what lies below it (its subtree comes along)
-    let wanted = with_subtrees(inner, folder, &peer_names, &pending)?;
-    let (local, peers) = load_paths(inner, cfg, &peer_names, with_ancestors(wanted.into_iter()))?;
+    let wanted = with_subtrees(&mut snap, folder, &peer_names, &pending)?;
+    let (local, peers) =
+        load_paths(&mut snap, cfg, &peer_names, with_ancestors(wanted.into_iter()))?;
+    drop(snap);
     let local_records: Records = local.iter().map(|(p, l)| (p.clone(), l.record.clone())).collect();
     let peer_refs: Vec<&Records> = peers.iter().map(|(_, r)| r).collect();
     let global = GlobalState::build(cfg.mode, &local_records, &peer_refs);
@@ -1264,7 +1269,7 @@ type LocalMap = BTreeMap<RelPath, LocalRecord>;
 
 /// `paths`, and everything below those that are directories here or at a peer.
 fn with_subtrees(
-    inner: &Inner,
+    snap: &mut Snapshot,
     folder: &str,
     peer_names: &[String],
     paths: &BTreeSet<RelPath>,
@@ -1272,19 +1277,18 @@ fn with_subtrees(
     let mut wanted = paths.clone();
     for path in paths {
         let dir = |kind: EntryKind| kind == EntryKind::Dir;
-        let mut is_dir = inner.index.record(folder, path)?.is_some_and(|l| dir(l.record.kind));
+        let mut is_dir = snap.record(folder, path)?.is_some_and(|l| dir(l.record.kind));
         for name in peer_names {
-            is_dir =
-                is_dir || inner.index.peer_record(folder, name, path)?.is_some_and(|r| dir(r.kind));
+            is_dir = is_dir || snap.peer_record(folder, name, path)?.is_some_and(|r| dir(r.kind));
         }
         if !is_dir {
             continue;
         }
-        for local in inner.index.records_under(folder, path)? {
+        for local in snap.records_under(folder, path)? {
             wanted.insert(local.record.path);
         }
         for name in peer_names {
-            for record in inner.index.peer_records_under(folder, name, path)? {
+            for record in snap.peer_records_under(folder, name, path)? {
                 wanted.insert(record.path);
             }
         }
@@ -1310,7 +1314,7 @@ fn with_ancestors(paths: impl Iterator<Item = RelPath>) -> BTreeSet<RelPath> {
 
 /// The local and peer records of `paths`.
 fn load_paths(
-    inner: &Inner,
+    snap: &mut Snapshot,
     cfg: &FolderConfig,
     peer_names: &[String],
     paths: BTreeSet<RelPath>,
@@ -1321,11 +1325,11 @@ fn load_paths(
         cfg.share.iter().map(|p| (*p, Records::new())).collect();
     for path in paths {
         for ((_, records), name) in peers.iter_mut().zip(peer_names) {
-            if let Some(r) = inner.index.peer_record(folder, name, &path)? {
+            if let Some(r) = snap.peer_record(folder, name, &path)? {
                 records.insert(path.clone(), r);
             }
         }
-        if let Some(l) = inner.index.record(folder, &path)? {
+        if let Some(l) = snap.record(folder, &path)? {
             local.insert(path, l);
         }
     }

@@ -2,10 +2,12 @@
 //!
 //! Every write goes to a temp file beside its target (`.tandem-tmp-<name>-<hash prefix>`,
 //! ignored by the scanner, the same name after a restart so a partial download resumes),
-//! is fsynced, and is renamed over the target only after the target was checked to be
+//! is made durable (data and inode; files finished together share one flush, see
+//! `sync::durable`), and is renamed over the target only after the target was checked to be
 //! exactly what the index says (a local change not yet scanned is never overwritten); the
-//! caller fsyncs the touched directories before it commits the index. Before touching a path, every parent is checked to be a real
-//! directory, never a symlink, so a peer's names cannot lead outside the root.
+//! caller fsyncs the touched directories before it commits the index. Before touching a
+//! path, every parent is checked to be a real directory, never a symlink, so a peer's names
+//! cannot lead outside the root.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -223,7 +225,7 @@ impl FolderFs {
         ))
         .map_err(at)?;
         file.set_modified(system_time(record.mtime_ns)).map_err(io_at(&record.path))?;
-        file.sync_all().map_err(io_at(&record.path))?;
+        crate::sync::durable::sync_file(file).map_err(io_at(&record.path))?;
         match self.checked_stat(&record.path, indexed)? {
             Some(meta) if meta.is_dir() => {
                 return Err(ApplyError::LocalChange(record.path.clone()));
