@@ -1,5 +1,5 @@
 //! Carrying out a plan: steps run in the planner's order, except that file transfers
-//! (pulls and local copies) run up to `PARALLEL` at a time, and the index is committed in
+//! (pulls and local copies) run concurrently in `SLOTS`, and the index is committed in
 //! batches.
 //!
 //! Ordering stays safe: a directory is made before any later step, so before its children's
@@ -25,8 +25,15 @@ use crate::sync::Inner;
 use crate::sync::puller::{PullJob, copy_local, pull_file};
 use crate::sync::writer::{ApplyError, FolderFs};
 
-/// Transfers in flight per folder.
-const PARALLEL: usize = 16;
+/// Transfer slots per folder: a file of up to `SMALL_TRANSFER` bytes takes one, a larger
+/// one `BIG_WEIGHT`, so 16 large files or 64 small ones are in flight. Many small files at
+/// once keep the peer's request pipeline full and share each durability flush
+/// (`sync::durable`); large ones are bounded by the memory their chunks hold in flight.
+const SLOTS: usize = 64;
+/// See [`SLOTS`].
+const SMALL_TRANSFER: u64 = 256 << 10;
+/// See [`SLOTS`].
+const BIG_WEIGHT: usize = 4;
 /// Steps per index commit.
 const COMMIT_BATCH: usize = 500;
 
@@ -66,6 +73,7 @@ pub(crate) async fn execute(
     }
     let mut ex = Executor::new(inner, cfg, local);
     let mut in_flight = FuturesUnordered::new();
+    let mut used = 0; // transfer slots taken (see `SLOTS`)
     for (idx, step) in plan.steps.iter().enumerate() {
         if ex.outcome.rescan {
             break;
@@ -74,11 +82,12 @@ pub(crate) async fn execute(
             continue; // failed recently: retried when its backoff ends
         }
         if let Some(transfer) = ex.transfer(step, &sources) {
-            while in_flight.len() >= PARALLEL {
-                if let Some((i, result)) = in_flight.next().await {
-                    ex.finish(&plan.steps[i], result);
-                }
+            while used + weight(step) > SLOTS {
+                let Some((i, result)) = in_flight.next().await else { break };
+                used -= weight(&plan.steps[i]);
+                ex.finish(&plan.steps[i], result);
             }
+            used += weight(step);
             in_flight.push(run(inner.clone(), idx, transfer));
             continue;
         }
@@ -86,6 +95,7 @@ pub(crate) async fn execute(
             while let Some((i, result)) = in_flight.next().await {
                 ex.finish(&plan.steps[i], result);
             }
+            used = 0;
         }
         let result = ex.apply(step);
         ex.finish(step, result);
@@ -111,6 +121,18 @@ async fn run(inner: Arc<Inner>, idx: usize, transfer: Transfer) -> (usize, Resul
         }
     };
     (idx, result)
+}
+
+/// Transfer slots `step` takes (see [`SLOTS`]).
+fn weight(step: &Step) -> usize {
+    match &step.action {
+        Action::Pull { record, .. } | Action::CopyLocal { record, .. }
+            if record.size > SMALL_TRANSFER =>
+        {
+            BIG_WEIGHT
+        }
+        _ => 1,
+    }
 }
 
 fn moves_or_removes(step: &Step) -> bool {
