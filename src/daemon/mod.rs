@@ -262,7 +262,13 @@ impl Supervisor {
                     inner.drop_connection(peer, "configuration changed");
                 }
             }
-            tidy_folder(&inner, &folder);
+            // a walk of the whole folder: on the blocking pool, not on an async worker
+            let (inner2, folder2) = (inner.clone(), folder.clone());
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || tidy_folder(&inner2, &folder2)).await
+            {
+                tracing::warn!("folder {}: tidying: {e}", folder.id);
+            }
             run_folder(inner, folder.id, rescan).await;
         });
         if let Some(old) = self.tasks().runners.insert(id, task) {

@@ -106,7 +106,7 @@ pub(crate) async fn execute(
     while let Some((i, result)) = in_flight.next().await {
         ex.finish(&plan.steps[i], result);
     }
-    ex.flush();
+    ex.flush_last();
     ex.outcome
 }
 
@@ -152,6 +152,11 @@ struct Executor<'a> {
     dirs: BTreeSet<PathBuf>,
     outcome: Outcome,
     steps_pending: usize,
+    /// Records of steps that failed after they may have touched the disk: they stay in
+    /// `applying` for the next scan when the plan ends.
+    unsettled: Vec<FileRecord>,
+    /// A batch commit failed: its steps' records must stay in `applying` too.
+    commit_failed: bool,
 }
 
 impl<'a> Executor<'a> {
@@ -162,7 +167,19 @@ impl<'a> Executor<'a> {
     ) -> Self {
         let fs = FolderFs::new(cfg.path.clone());
         let (pending, dirs, outcome) = (Vec::new(), BTreeSet::new(), Outcome::default());
-        Self { inner, cfg, fs, local, pending, events: Vec::new(), dirs, outcome, steps_pending: 0 }
+        Self {
+            inner,
+            cfg,
+            fs,
+            local,
+            pending,
+            events: Vec::new(),
+            dirs,
+            outcome,
+            steps_pending: 0,
+            unsettled: Vec::new(),
+            commit_failed: false,
+        }
     }
 
     /// The step as a concurrent transfer, if it is one.
@@ -233,6 +250,7 @@ impl<'a> Executor<'a> {
     /// per-file problem (shown by `status`) and retried with backoff; the log and the event
     /// log hear about it once per distinct error, not on every retry.
     fn failed(&mut self, step: &Step, error: &ApplyError) {
+        self.unsettled.extend(step.commit.iter().cloned());
         let text = error.to_string();
         if self.inner.step_failed(&self.cfg.id, step.path(), &text) {
             tracing::warn!("folder {}: {text} (retried with backoff)", self.cfg.id);
@@ -343,21 +361,38 @@ impl<'a> Executor<'a> {
 
     /// Makes the staged steps durable: directories first, then one index commit.
     fn flush(&mut self) {
+        self.commit(false);
+    }
+
+    /// The plan's last commit, which also empties its `applying` journal: every step that
+    /// changed the disk is committed now, except failed ones, whose records stay there (a
+    /// failed rename may have happened, and the next scan must read it as this plan's
+    /// version, not as a local change). Before, the journal stayed until the next scan, which
+    /// read it whole: a first sync's 50,000 records, in the index and read at every start.
+    fn flush_last(&mut self) {
+        self.commit(!self.commit_failed);
+    }
+
+    fn commit(&mut self, settle: bool) {
         for dir in std::mem::take(&mut self.dirs) {
             if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
                 tracing::warn!("folder {}: fsync {}: {e}", self.cfg.id, dir.display());
             }
         }
-        if self.pending.is_empty() && self.events.is_empty() {
+        if self.pending.is_empty() && self.events.is_empty() && !settle {
             return;
         }
         let folder = self.cfg.id.as_str();
+        let unsettled: Vec<&FileRecord> = self.unsettled.iter().collect();
         let result = self.inner.index.write().and_then(|mut batch| {
             for stored in self.pending.drain(..) {
                 batch.put_change(folder, stored)?;
             }
             for event in self.events.drain(..) {
                 batch.log_event(&event)?;
+            }
+            if settle {
+                batch.set_applying(folder, &unsettled)?;
             }
             batch.commit()
         });
@@ -367,7 +402,81 @@ impl<'a> Executor<'a> {
                 tracing::error!("folder {}: committing the index: {e}; rescanning", self.cfg.id);
                 self.steps_pending = 0;
                 self.outcome.rescan = true;
+                self.commit_failed = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::home::Home;
+    use crate::store::Index;
+    use tandem_proto::model::{EntryKind, FolderId, FolderMode, Hash, ShortId, VersionVector};
+    use tandem_proto::rules::Reason;
+
+    fn dir_record(path: &str) -> FileRecord {
+        FileRecord {
+            path: RelPath::new(path.to_string()).unwrap(),
+            kind: EntryKind::Dir,
+            size: 0,
+            mtime_ns: 0,
+            mode: 0o755,
+            symlink_target: None,
+            hash: Hash::of(b""),
+            chunks: Vec::new(),
+            version: VersionVector::default(),
+            sequence: 0,
+            deleted: false,
+            modified_by: ShortId::new(1),
+        }
+    }
+
+    fn make_dir(path: &str) -> Step {
+        let record = dir_record(path);
+        Step {
+            action: Action::MakeDir { path: record.path.clone(), mode: record.mode },
+            reason: Reason::Dominates,
+            commit: vec![record],
+        }
+    }
+
+    #[test]
+    fn a_finished_plan_leaves_only_its_failed_steps_in_the_applying_journal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs_err(std::fs::create_dir(&root));
+        // "blocked" is a file, so a directory below it cannot be made
+        fs_err(std::fs::write(root.join("blocked"), b"x"));
+        let cfg = FolderConfig {
+            id: FolderId::new("f").unwrap(),
+            path: root.clone(),
+            mode: FolderMode::SendReceive,
+            share: Vec::new(),
+        };
+        let mut config = Config::new("test".to_string(), "127.0.0.1:0".to_string());
+        config.folders.push(cfg.clone());
+        let index = Index::open(&tmp.path().join("index.redb")).unwrap();
+        let device = DeviceId::from_public_key_info(b"test device");
+        let home = Home::new(&tmp.path().join("home")).unwrap();
+        let inner = Arc::new(Inner::new(index, device, home, config));
+        let plan =
+            Plan { steps: vec![make_dir("made"), make_dir("blocked/sub")], ..Plan::default() };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let outcome =
+            runtime.block_on(execute(&inner, &cfg, plan, BTreeMap::new(), BTreeMap::new()));
+        assert_eq!(outcome.committed, 1);
+        assert!(root.join("made").is_dir());
+        let made = RelPath::new("made".to_string()).unwrap();
+        assert!(inner.index.record("f", &made).unwrap().is_some(), "the made dir is committed");
+        let journal: Vec<String> =
+            inner.index.applying("f").unwrap().iter().map(|r| r.path.to_string()).collect();
+        assert_eq!(journal, vec!["blocked/sub".to_string()]);
+    }
+
+    fn fs_err(result: std::io::Result<()>) {
+        result.unwrap();
     }
 }

@@ -1215,8 +1215,6 @@ fn plan_folder(inner: &Inner, cfg: &FolderConfig, scope: PlanScope) -> Result<Pl
     let peer_names: Vec<String> = cfg.share.iter().map(ToString::to_string).collect();
     let mut pending: BTreeSet<RelPath> = BTreeSet::new();
     let mut missing: BTreeMap<DeviceId, BTreeSet<RelPath>> = BTreeMap::new();
-    // one consistent view for every per-path read of this plan
-    let mut snap = inner.index.snapshot()?;
     let checked = match scope {
         PlanScope::All => {
             inner.index.for_each_slice(folder, &peer_names, SLICE, |slice| {
@@ -1236,6 +1234,7 @@ fn plan_folder(inner: &Inner, cfg: &FolderConfig, scope: PlanScope) -> Result<Pl
             None
         }
         PlanScope::Paths(paths) => {
+            let mut snap = inner.index.snapshot()?;
             let (local, peers) =
                 load_paths(&mut snap, cfg, &peer_names, with_ancestors(paths.iter().cloned()))?;
             let records: Records =
@@ -1246,6 +1245,8 @@ fn plan_folder(inner: &Inner, cfg: &FolderConfig, scope: PlanScope) -> Result<Pl
     };
     // the planner checks that a path's parent is a directory (ancestors come along) and
     // decides about a directory from what lies below it (its subtree comes along)
+    // one consistent view, no older than the first pass's, for the plan's per-path reads
+    let mut snap = inner.index.snapshot()?;
     let wanted = with_subtrees(&mut snap, folder, &peer_names, &pending)?;
     let (local, peers) =
         load_paths(&mut snap, cfg, &peer_names, with_ancestors(wanted.into_iter()))?;

@@ -309,14 +309,13 @@ impl FolderFs {
         let walker = walkdir::WalkDir::new(&self.root).follow_links(false).into_iter();
         let mut removed = 0;
         for entry in walker.filter_entry(|e| e.file_name() != STATE_DIR).flatten() {
-            let is_temp = is_own_temp(&entry.file_name().to_string_lossy());
+            // the name first: only our temp files are stat'ed (this walks the whole folder)
+            if !is_own_temp(&entry.file_name().to_string_lossy()) || !entry.file_type().is_file() {
+                continue;
+            }
             let stale =
                 entry.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| t < cutoff);
-            if is_temp
-                && entry.file_type().is_file()
-                && stale
-                && fs::remove_file(entry.path()).is_ok()
-            {
+            if stale && fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
         }
