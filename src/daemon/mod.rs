@@ -126,6 +126,7 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
         endpoint: endpoint.clone(),
         trusted,
         rescan,
+        watch: matches!(mode, Mode::Serve),
         attempted: attempted.clone(),
         tasks: std::sync::Mutex::new(Tasks::default()),
         reloading: tokio::sync::Mutex::new(()),
@@ -219,6 +220,8 @@ struct Supervisor {
     endpoint: Arc<Endpoint>,
     trusted: TrustedPeers,
     rescan: Duration,
+    /// Folders are watched (`serve`); a one-shot `sync` does not watch (see `run_folder`).
+    watch: bool,
     attempted: Attempts,
     tasks: std::sync::Mutex<Tasks>,
     /// One reload at a time.
@@ -252,6 +255,7 @@ impl Supervisor {
     /// then the peers it is shared with reconnect to learn of it.
     fn start_runner(&self, folder: FolderConfig, added: bool) {
         let (inner, rescan, id) = (self.inner.clone(), self.rescan, folder.id.clone());
+        let watch = self.watch;
         let task = tokio::spawn(async move {
             if added {
                 announce_after_receive_only(&inner.index, &folder);
@@ -269,7 +273,7 @@ impl Supervisor {
             {
                 tracing::warn!("folder {}: tidying: {e}", folder.id);
             }
-            run_folder(inner, folder.id, rescan).await;
+            run_folder(inner, folder.id, rescan, watch).await;
         });
         if let Some(old) = self.tasks().runners.insert(id, task) {
             old.abort();

@@ -820,17 +820,25 @@ impl Inner {
 }
 
 /// Runs one folder forever: scan, apply, wait for news or the rescan interval.
-pub async fn run_folder(inner: Arc<Inner>, folder: FolderId, rescan: Duration) {
+///
+/// With `watching` off (a one-shot `tandem sync`), the folder is scanned whole once and then
+/// only where a step found the disk changed: a one-shot syncs the state it started from, and
+/// a watcher would only read back the events of its own writes (a tenth of the receiver's
+/// CPU for many small files). A file changed under a pending write is still never
+/// overwritten (`FolderFs` checks it first); other changes made meanwhile are found by the
+/// next run.
+pub async fn run_folder(inner: Arc<Inner>, folder: FolderId, rescan: Duration, watching: bool) {
     let wakeup = inner.wakeup(&folder);
-    let mut watch = start_watch(&inner, &folder, wakeup.clone());
+    let mut watch = watching.then(|| start_watch(&inner, &folder, wakeup.clone())).flatten();
     // the first round scans everything: changes made before the watch began are unseen
     let mut full = true;
     loop {
-        if watch.is_none() {
+        if watch.is_none() && watching {
             watch = start_watch(&inner, &folder, wakeup.clone());
         }
         let requested = inner.life(&folder, |life| std::mem::take(&mut life.full_requested));
         let scope = match &watch {
+            None if !watching && !full && requested != Some(true) => Scope::Nothing,
             // without a watch, only a full scan finds local changes
             None => Scope::All,
             Some(w) => {
@@ -862,7 +870,8 @@ pub async fn run_folder(inner: Arc<Inner>, folder: FolderId, rescan: Duration) {
         }
         inner.round_finished(&folder);
         // without a watch, local changes are only found by rescanning: do it more often
-        let rescan = if watch.is_some() { rescan } else { rescan.min(UNWATCHED_RESCAN) };
+        let rescan =
+            if watch.is_some() || !watching { rescan } else { rescan.min(UNWATCHED_RESCAN) };
         let retry =
             inner.next_retry(&folder).map(|at| at.saturating_duration_since(Instant::now()));
         tokio::select! {
