@@ -1285,7 +1285,14 @@ fn with_subtrees(
     paths: &BTreeSet<RelPath>,
 ) -> Result<BTreeSet<RelPath>, StoreError> {
     let mut wanted = paths.clone();
+    // directories whose subtree is in `wanted` already: their pending descendants are
+    // skipped (a first sync has every directory pending; reading each subtree again under
+    // every ancestor made planning O(files × depth))
+    let mut loaded: BTreeSet<RelPath> = BTreeSet::new();
     for path in paths {
+        if path.ancestors().any(|a| loaded.contains(&a)) {
+            continue;
+        }
         let dir = |kind: EntryKind| kind == EntryKind::Dir;
         let mut is_dir = snap.record(folder, path)?.is_some_and(|l| dir(l.record.kind));
         for name in peer_names {
@@ -1294,6 +1301,7 @@ fn with_subtrees(
         if !is_dir {
             continue;
         }
+        loaded.insert(path.clone());
         for local in snap.records_under(folder, path)? {
             wanted.insert(local.record.path);
         }
