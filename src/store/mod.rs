@@ -295,15 +295,7 @@ impl Index {
 
     /// Where the chunk with `hash` lies locally.
     pub fn chunk_locations(&self, hash: &Hash) -> Result<Vec<ChunkLocation>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_multimap_table(CHUNKS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for value in table.get(hash.as_bytes().as_slice()).map_err(db_err)? {
-            let value = value.map_err(db_err)?;
-            let (folder, path, offset, len) = value.value();
-            out.push(ChunkLocation { folder: folder.into(), path: path.into(), offset, len });
-        }
-        Ok(out)
+        self.snapshot()?.chunk_locations(hash)
     }
 
     /// Local files (folder, path) whose whole content may hash to `hash`: only files with

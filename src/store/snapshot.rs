@@ -9,20 +9,26 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadOnlyTable, ReadTransaction};
-use tandem_proto::model::{FileRecord, RelPath};
+use redb::{ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction};
+use tandem_proto::model::{FileRecord, Hash, RelPath};
 
-use super::tables::{FILES, PEER_FILES};
-use super::{Index, LocalRecord, StoreError, db_err, decode_entry, decode_peer_entry, peer_number};
+use super::tables::{CHUNKS, FILES, PEER_FILES};
+use super::{
+    ChunkLocation, Index, LocalRecord, StoreError, db_err, decode_entry, decode_peer_entry,
+    peer_number,
+};
 
 type FilesTable = ReadOnlyTable<(&'static str, &'static str), &'static [u8]>;
 type PeerFilesTable = ReadOnlyTable<(&'static str, u32, &'static str), &'static [u8]>;
+type ChunksTable = ReadOnlyMultimapTable<&'static [u8], (&'static str, &'static str, u64, u32)>;
 
 /// The index as of one moment; reads through it never see later commits.
 pub struct Snapshot {
     files: FilesTable,
     /// Opened on the first peer lookup; the inner `None` when no peer record was ever stored.
     peer_files: Option<Option<PeerFilesTable>>,
+    /// Opened on the first chunk lookup.
+    chunks: Option<ChunksTable>,
     /// Peer numbers looked up so far (`None`: the peer has no records).
     numbers: BTreeMap<String, Option<u32>>,
     txn: ReadTransaction,
@@ -33,7 +39,7 @@ impl Index {
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let txn = self.read()?;
         let files = txn.open_table(FILES).map_err(db_err)?;
-        Ok(Snapshot { files, peer_files: None, numbers: BTreeMap::new(), txn })
+        Ok(Snapshot { files, peer_files: None, chunks: None, numbers: BTreeMap::new(), txn })
     }
 }
 
@@ -95,6 +101,21 @@ impl Snapshot {
             let (key, value) = entry.map_err(db_err)?;
             let (_, _, child) = key.value();
             out.push(decode_peer_entry(folder, peer, child, value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Where the chunk `hash` can be read locally (chunks of at least 4 KiB are located).
+    pub fn chunk_locations(&mut self, hash: &Hash) -> Result<Vec<ChunkLocation>, StoreError> {
+        if self.chunks.is_none() {
+            self.chunks = Some(self.txn.open_multimap_table(CHUNKS).map_err(db_err)?);
+        }
+        let Some(table) = &self.chunks else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for value in table.get(hash.as_bytes().as_slice()).map_err(db_err)? {
+            let value = value.map_err(db_err)?;
+            let (folder, path, offset, len) = value.value();
+            out.push(ChunkLocation { folder: folder.into(), path: path.into(), offset, len });
         }
         Ok(out)
     }

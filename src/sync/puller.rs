@@ -27,7 +27,7 @@ use tandem_proto::rules::LocalChunk;
 use tandem_proto::wire::{CloseCode, ErrorCode, MAX_REQUEST, Message, Request, ResponseBody};
 
 use crate::net::conn::{FramedRecv, FramedSend};
-use crate::store::LocalRecord;
+use crate::store::{ChunkLocation, Index, LocalRecord, Snapshot};
 use crate::sync::Inner;
 use crate::sync::writer::{ApplyError, FolderFs, io_at};
 
@@ -94,7 +94,8 @@ async fn pull_single(inner: &Arc<Inner>, job: PullJob, chunk: ChunkRef) -> Resul
         });
     }
     // a point lookup in the index and one read of at most one chunk of a local file
-    let data = match local_chunk(inner, &job, 0, &chunk).or_else(|| local_whole(inner, &job)) {
+    let local = local_chunk(&mut Lookups::new(&inner.index), &job, 0, &chunk);
+    let data = match local.or_else(|| local_whole(inner, &job)) {
         Some(data) => {
             inner.stats.reused.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
             data
@@ -249,6 +250,7 @@ fn prepare(
     let mut digest = Digest::new(chunks.len());
     let mut missing = Vec::new();
     let mut zeros = ZeroChunk::new();
+    let mut lookups = Lookups::new(&inner.index);
     for (idx, chunk) in chunks.iter().enumerate() {
         if existed && let Some(data) = read_matching(&file, chunk) {
             inner.stats.resumed.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
@@ -262,7 +264,7 @@ fn prepare(
             digest.landed(idx, None, chunks);
             continue;
         }
-        if let Some(data) = local_chunk(inner, job, idx, chunk) {
+        if let Some(data) = local_chunk(&mut lookups, job, idx, chunk) {
             file.write_all_at(&data, chunk.offset).map_err(io_at(&job.record.path))?;
             inner.stats.reused.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
             digest.landed(idx, Some(&data), chunks);
@@ -386,7 +388,33 @@ fn read_matching(file: &File, chunk: &ChunkRef) -> Option<Vec<u8>> {
 
 /// The chunk's bytes from a local file: the planner's hint first, then the chunk-location
 /// table (a few candidates; each is verified).
-fn local_chunk(inner: &Inner, job: &PullJob, idx: usize, chunk: &ChunkRef) -> Option<Vec<u8>> {
+/// Chunk-location lookups for one file: one read view of the index, opened on the first
+/// lookup (a transaction per chunk cost more than the lookups; files of small chunks
+/// never look up).
+struct Lookups<'a> {
+    index: &'a Index,
+    snap: Option<Snapshot>,
+}
+
+impl<'a> Lookups<'a> {
+    fn new(index: &'a Index) -> Self {
+        Self { index, snap: None }
+    }
+
+    fn locations(&mut self, hash: &Hash) -> Vec<ChunkLocation> {
+        if self.snap.is_none() {
+            self.snap = self.index.snapshot().ok();
+        }
+        self.snap.as_mut().and_then(|snap| snap.chunk_locations(hash).ok()).unwrap_or_default()
+    }
+}
+
+fn local_chunk(
+    lookups: &mut Lookups<'_>,
+    job: &PullJob,
+    idx: usize,
+    chunk: &ChunkRef,
+) -> Option<Vec<u8>> {
     let hinted =
         job.reuse.iter().filter(|r| r.index as usize == idx).map(|r| (r.from.clone(), r.offset));
     // looked up only when the hints did not do, and never for chunks too small to be
@@ -394,7 +422,7 @@ fn local_chunk(inner: &Inner, job: &PullJob, idx: usize, chunk: &ChunkRef) -> Op
     // small file would cost more than fetching it)
     let located = std::iter::once(())
         .filter(|()| chunk.len >= crate::store::MIN_LOCATED_CHUNK)
-        .flat_map(|()| inner.index.chunk_locations(&chunk.hash).unwrap_or_default())
+        .flat_map(|()| lookups.locations(&chunk.hash))
         .filter(|loc| loc.folder == job.folder.as_str() && loc.len == chunk.len)
         .filter_map(|loc| RelPath::new(loc.path).ok().map(|p| (p, loc.offset)));
     let mut candidates = hinted.chain(located).take(4);
