@@ -3,8 +3,11 @@
 # 100,000 small files generated under /tmp/idle100k), both pre-filled with the same files (so
 # they are adopted without transfers). Once in sync: CPU seconds and RSS of each daemon over
 # 60 idle seconds, then the propagation latency of one edit in that big folder.
-# Prints `tandem_idle files=… cpu_pct=… rss_mib=… hwm_mib=…` per daemon and
-# `tandem_big_folder_edit_latency …`. Needs a release build.
+# Prints `tandem_idle files=… cpu_pct=… rss_mib=… hwm_mib=…` per daemon, `tandem_index side=…
+# when=… bytes=… per_file=…` for both homes (after adoption and idle, and again after the
+# restart and the edits) and `tandem_big_folder_edit_latency …`. Needs a release build.
+# IDLE_LOG_LEVEL sets the daemons' `--log-level` (default warn; e.g. `warn,tandem::store=debug`
+# logs compactions); IDLE_KEEP=1 keeps the homes and logs (path on stderr).
 set -euo pipefail
 B=${TANDEM:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/tandem}
 SRC=${1:-/tmp/idle100k}
@@ -16,7 +19,11 @@ if [ ! -d "$SRC" ]; then
   done
 fi
 W=$(mktemp -d)
-cleanup() { kill ${PA:-} ${PB:-} 2>/dev/null || true; rm -rf "$W"; }
+LOG=${IDLE_LOG_LEVEL:-warn}
+cleanup() {
+  kill ${PA:-} ${PB:-} 2>/dev/null || true
+  if [ "${IDLE_KEEP:-0}" = 1 ]; then echo "kept $W" >&2; else rm -rf "$W"; fi
+}
 trap cleanup EXIT
 cp -a "$SRC" "$W/fa"; cp -a "$SRC" "$W/fb"
 FILES=$(find "$W/fa" -type f | wc -l)
@@ -27,10 +34,16 @@ $B --home $W/a peer add $IB --addr 127.0.0.1:24502 2>/dev/null
 $B --home $W/b peer add $IA --addr 127.0.0.1:24501 2>/dev/null
 $B --home $W/a folder add f $W/fa --share $IB 2>/dev/null
 $B --home $W/b folder add f $W/fb --share $IA 2>/dev/null
-$B --home $W/a serve --log-level warn 2>$W/a.log & PA=$!
-$B --home $W/b serve --log-level warn 2>$W/b.log & PB=$!
+$B --home $W/a serve --log-level "$LOG" 2>$W/a.log & PA=$!
+$B --home $W/b serve --log-level "$LOG" 2>$W/b.log & PB=$!
+# before its control socket is up (during its start-up scan) `status --check` reads only the
+# index, which a scan still filling it can pass
+in_sync() {
+  [ -S $W/a/control.sock ] && [ -S $W/b/control.sock ] &&
+    $B --home $W/a status --check >/dev/null 2>&1 && $B --home $W/b status --check >/dev/null 2>&1
+}
 start=$(date +%s)
-until $B --home $W/a status --check >/dev/null 2>&1 && $B --home $W/b status --check >/dev/null 2>&1; do
+until in_sync; do
   sleep 1
   if [ $(( $(date +%s) - start )) -gt 600 ]; then echo "not in sync after 600 s" >&2; exit 1; fi
 done
@@ -50,12 +63,18 @@ for side in a b; do
     printf "tandem_idle side=%s files=%d cpu_pct=%.3f rss_mib=%.1f hwm_mib=%.1f\n",
       side, files, 100 * c / hz / (t1 - t0), rss / 1024, hwm / 1024 }'
 done
-echo "index_bytes=$(stat -c %s $W/a/index.redb) per_file=$(( $(stat -c %s $W/a/index.redb) / FILES ))"
+index_size() {
+  for side in a b; do
+    bytes=$(stat -c %s $W/$side/index.redb)
+    echo "tandem_index side=$side when=$1 bytes=$bytes per_file=$(( bytes / FILES ))"
+  done
+}
+index_size adopted
 # steady state: restart both daemons on the synced folders, then measure idle again
 kill -TERM $PA $PB; wait $PA $PB 2>/dev/null || true
-$B --home $W/a serve --log-level warn 2>>$W/a.log & PA=$!
-$B --home $W/b serve --log-level warn 2>>$W/b.log & PB=$!
-until $B --home $W/a status --check >/dev/null 2>&1 && $B --home $W/b status --check >/dev/null 2>&1; do sleep 1; done
+$B --home $W/a serve --log-level "$LOG" 2>>$W/a.log & PA=$!
+$B --home $W/b serve --log-level "$LOG" 2>>$W/b.log & PB=$!
+until in_sync; do sleep 1; done
 sleep 30
 a0=$(ticks $PA); t0=$(date +%s.%N); sleep 60; a1=$(ticks $PA); t1=$(date +%s.%N)
 awk -v files=$FILES -v c=$((a1 - a0)) -v hz=$HZ -v t0=$t0 -v t1=$t1 \
@@ -83,3 +102,4 @@ for i in range(7):
 print("tandem_big_folder_edit_latency n=7 median_s=%.3f min_s=%.3f max_s=%.3f"
       % (statistics.median(vals), min(vals), max(vals)))
 PY
+index_size end

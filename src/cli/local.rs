@@ -64,6 +64,11 @@ pub(super) fn scan(home: &Home, args: ScanArgs) -> anyhow::Result<()> {
         }
         println!("{}: {}", folder.id, summary_line(&summary));
     }
+    // a full scan is where an index grows by a whole folder at once, and this process writes
+    // no more: a daemon compacts between its rounds instead
+    if let Err(e) = index.maybe_compact_before_exit() {
+        eprintln!("tandem: warning: compacting the index: {e}");
+    }
     Ok(())
 }
 

@@ -246,10 +246,6 @@ pub fn scan_folder(index: &Index, target: &ScanTarget<'_>) -> Result<ScanSummary
     check_marker(target.root, &existing)?;
     let mut summary = scan_with(index, target, &filter, &existing, None)?;
     count_live(index, target.folder, &mut summary)?;
-    // a full scan is where an index grows by a whole folder at once
-    if let Err(e) = index.maybe_compact() {
-        tracing::warn!("folder {}: compacting the index: {e}", target.folder);
-    }
     summary.elapsed = started.elapsed();
     Ok(summary)
 }

@@ -6,6 +6,7 @@
 //! paying a durable commit per file. The scanner commits a record only after reading the
 //! bytes it describes, so the index never claims content the disk did not have.
 
+mod compact;
 mod records;
 mod slices;
 mod snapshot;
@@ -13,15 +14,15 @@ mod stat;
 mod tables;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{
-    Builder, CompactionError, ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction,
-    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle, WriteTransaction,
+    Builder, ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ReadableTable, ReadableTableMetadata, TableHandle, WriteTransaction,
 };
 use tandem_proto::model::{FileRecord, Hash, RelPath};
 
+use compact::Writes;
 pub use records::{Event, EventKind, FolderMeta, LocalRecord, PeerMeta, RecordError};
 pub use slices::Slice;
 pub use snapshot::Snapshot;
@@ -42,13 +43,6 @@ pub const MAX_EVENTS: u64 = 10_000;
 /// of a small file's index bytes). The planner still turns a pull whose whole content is
 /// already here into a local copy or rename from the records themselves.
 pub const MIN_LOCATED_CHUNK: u32 = 4096;
-
-/// Rows written since the last compaction before [`Index::maybe_compact`] compacts (also at
-/// least an eighth of the folder records held).
-const COMPACT_AFTER_ROWS: u64 = 10_000;
-
-/// How long a compaction waits for transactions in progress to end.
-const COMPACT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why the index could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -103,8 +97,9 @@ pub struct ChunkLocation {
 /// so `ls` and friends work while `serve` runs.
 pub struct Index {
     db: Db,
-    /// Rows written by committed batches since this handle opened or last compacted.
-    written: Arc<AtomicU64>,
+    /// Rows written by committed batches and when the last wave of them ended (what
+    /// [`Index::maybe_compact`] decides from).
+    writes: Arc<Writes>,
 }
 
 enum Db {
@@ -138,7 +133,7 @@ impl Index {
             tables.any(|t| t.name() == PEER_FILES_V1.name())
         };
         if !old {
-            return Ok(Self { db: Db::Read(db), written: Arc::default() });
+            return Ok(Self { db: Db::Read(db), writes: Arc::default() });
         }
         drop(db);
         match Self::open(path) {
@@ -147,7 +142,7 @@ impl Index {
             Err(e) => return Err(e),
         }
         let db = builder().open_read_only(path).map_err(db_err)?;
-        Ok(Self { db: Db::Read(db), written: Arc::default() })
+        Ok(Self { db: Db::Read(db), writes: Arc::default() })
     }
 
     /// True when this handle can write.
@@ -178,7 +173,7 @@ impl Index {
         txn.commit().map_err(db_err)?;
         Ok(Self {
             db: Db::Write { path: path.to_path_buf(), db: RwLock::new(Some(db)) },
-            written: Arc::default(),
+            writes: Arc::default(),
         })
     }
 
@@ -437,59 +432,7 @@ impl Index {
     /// Starts a batch of writes, committed durably by [`WriteBatch::commit`].
     pub fn write(&self) -> Result<WriteBatch, StoreError> {
         let txn = self.begin(|db| db.begin_write().map_err(Into::into))?;
-        Ok(WriteBatch { txn, rows: 0, written: Arc::clone(&self.written) })
-    }
-
-    /// Compacts the index file when many rows were written since the last compaction (at
-    /// least `COMPACT_AFTER_ROWS` and an eighth of the file records held); true when it
-    /// did. redb grows its file by doubling and copy-on-write frees pages on every commit, so
-    /// after a big scan or a first sync about half the file is free pages; compaction moves
-    /// the live pages to the front and truncates the file. It runs between transactions:
-    /// while one is open here (or a follower process reads), it is left for a later call.
-    /// Each compaction follows a proportional amount of writes, so its cost is amortized.
-    pub fn maybe_compact(&self) -> Result<bool, StoreError> {
-        let Db::Write { path, db } = &self.db else { return Ok(false) };
-        let written = self.written.load(Ordering::Relaxed);
-        if written < COMPACT_AFTER_ROWS {
-            return Ok(false);
-        }
-        let held = {
-            let txn = self.read()?;
-            let files = txn.open_table(FILES).map_err(db_err)?.len().map_err(db_err)?;
-            let peers = txn.open_table(PEER_FILES).map_err(db_err)?.len().map_err(db_err)?;
-            files + peers
-        };
-        if written < held / 8 {
-            return Ok(false);
-        }
-        // holding the handle's lock keeps new transactions out, so the ones in progress
-        // (a session serving index pages, say) drain; one that stays open past the wait
-        // leaves the compaction for a later call
-        let mut guard = db.write().unwrap_or_else(PoisonError::into_inner);
-        let Some(open) = guard.as_mut() else { return Ok(false) };
-        let before = file_len(path);
-        let started = std::time::Instant::now();
-        loop {
-            match open.compact() {
-                Ok(_) => break,
-                Err(CompactionError::TransactionInProgress) if started.elapsed() < COMPACT_WAIT => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(CompactionError::TransactionInProgress) => {
-                    tracing::debug!("index {}: compaction postponed: busy", path.display());
-                    return Ok(false);
-                }
-                Err(e) => return Err(db_err(e)),
-            }
-        }
-        self.written.store(0, Ordering::Relaxed);
-        tracing::debug!(
-            "index {}: compacted in {:?}, {before} -> {} bytes",
-            path.display(),
-            started.elapsed(),
-            file_len(path)
-        );
-        Ok(true)
+        Ok(WriteBatch { txn, rows: 0, writes: Arc::clone(&self.writes) })
     }
 }
 
@@ -619,9 +562,9 @@ fn decode_meta_entry(folder: &str, bytes: &[u8]) -> Result<FolderMeta, StoreErro
 /// One durable write transaction.
 pub struct WriteBatch {
     txn: WriteTransaction,
-    /// Rows this batch wrote, added to `written` once it commits.
+    /// Rows this batch wrote (or removed), counted in `writes` once it commits.
     rows: u64,
-    written: Arc<AtomicU64>,
+    writes: Arc<Writes>,
 }
 
 impl WriteBatch {
@@ -648,6 +591,7 @@ impl WriteBatch {
             self.unlink(folder, &old.record)?;
             let mut files = self.txn.open_table(FILES).map_err(db_err)?;
             files.remove((folder, path.as_str())).map_err(db_err)?;
+            self.rows += 1;
         }
         Ok(())
     }
@@ -676,9 +620,11 @@ impl WriteBatch {
             };
             let mut table = self.txn.open_table(PEER_FILES).map_err(db_err)?;
             if replace {
+                let held = table.len().map_err(db_err)?;
                 table
                     .retain_in((folder, n, "")..=(folder, n, "\u{10FFFF}"), |_, _| false)
                     .map_err(db_err)?;
+                self.rows += held.saturating_sub(table.len().map_err(db_err)?);
             }
             for record in records {
                 let value = records::encode_peer_file(record);
@@ -780,6 +726,7 @@ impl WriteBatch {
             let mut files = self.txn.open_table(FILES).map_err(db_err)?;
             files.remove((folder, local.record.path.as_str())).map_err(db_err)?;
         }
+        self.rows += records.len() as u64;
         self.set_applying(folder, &[])?;
         let mut folders = self.txn.open_table(FOLDERS).map_err(db_err)?;
         folders.remove(folder).map_err(db_err)?;
@@ -791,7 +738,7 @@ impl WriteBatch {
     /// Makes the batch durable.
     pub fn commit(self) -> Result<(), StoreError> {
         self.txn.commit().map_err(db_err)?;
-        self.written.fetch_add(self.rows, Ordering::Relaxed);
+        self.writes.committed(self.rows);
         Ok(())
     }
 
@@ -909,7 +856,7 @@ mod tests {
 
     use super::*;
 
-    fn record(path: &str, size: u32) -> FileRecord {
+    pub(super) fn record(path: &str, size: u32) -> FileRecord {
         let hash = Hash::of(path.as_bytes());
         FileRecord {
             path: RelPath::new(path).unwrap(),
@@ -1072,30 +1019,5 @@ mod tests {
         batch.remove_record("f", &small.path).unwrap();
         batch.commit().unwrap();
         assert!(index.files_with_content(&small.hash).unwrap().is_empty());
-    }
-
-    #[test]
-    fn many_writes_are_followed_by_a_compaction_that_shrinks_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("i.redb");
-        let index = Index::open(&path).unwrap();
-        let n = COMPACT_AFTER_ROWS as u32 + 10;
-        for block in 0..(n / 1000 + 1) {
-            let mut batch = index.write().unwrap();
-            for i in (block * 1000)..((block + 1) * 1000).min(n) {
-                let r = record(&format!("d{:04}/f{i:07}.txt", i / 1000), 15);
-                batch.put_change("f", LocalRecord { record: r, stat: StatKey::default() }).unwrap();
-            }
-            batch.commit().unwrap();
-        }
-        let before = file_len(&path);
-        // a read in progress postpones it
-        let reading = index.read().unwrap();
-        assert!(!index.maybe_compact().unwrap());
-        drop(reading);
-        assert!(index.maybe_compact().unwrap());
-        assert!(file_len(&path) < before, "{} -> {}", before, file_len(&path));
-        assert!(!index.maybe_compact().unwrap(), "nothing written since");
-        assert_eq!(index.records("f").unwrap().len(), n as usize);
     }
 }

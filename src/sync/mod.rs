@@ -1056,7 +1056,8 @@ pub async fn initial_scan(inner: &Arc<Inner>, folder: &FolderId) -> Result<(), F
 }
 
 /// One scan of `scope` and up to `MAX_ROUNDS` plan-and-apply rounds, then an index
-/// compaction if they (or the peers' index updates since the last one) wrote many rows.
+/// compaction if it pays (`Index::maybe_compact`: many rows written, writes settled, most of
+/// the file free).
 pub async fn sync_folder_once(
     inner: &Arc<Inner>,
     folder: &FolderId,
