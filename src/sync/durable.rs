@@ -9,9 +9,11 @@
 //! only if the flush *started* after the file was written; the generation counters below
 //! track exactly that, so the guarantee per file is the same as its own `fsync`.
 //!
-//! `syncfs` also writes other programs' dirty data on the same filesystem. When a flush takes
-//! long (someone else is writing a lot), files fall back to their own `fsync` for a while,
-//! which waits only for their own bytes. Other systems always use `fsync`.
+//! `syncfs` also writes other programs' dirty data on the same filesystem. So only small
+//! files share flushes (a large file's own data dominates its flush anyway), and when a
+//! shared flush takes long (someone else is writing a lot), files fall back to their own
+//! `fsync` for a while, which waits only for their own bytes. Other systems always use
+//! `fsync`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,10 +27,16 @@ const SLOW_FLUSH: Duration = Duration::from_secs(1);
 /// …for this long.
 const SLOW_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Makes everything written to `file` durable (data and metadata), like `file.sync_all()`,
-/// sharing the flush with other files of the same filesystem finished at the same time.
-pub fn sync_file(file: &File) -> io::Result<()> {
-    if !cfg!(target_os = "linux") {
+/// Files larger than this flush themselves: their own data dominates a flush, so sharing
+/// gains little, and a shared flush would also wait for every other program's dirty data on
+/// the filesystem (a big file is often written while other big writes are under way).
+const SHARED_MAX: u64 = 1 << 20;
+
+/// Makes everything written to `file` (`len` bytes) durable (data and metadata), like
+/// `file.sync_all()`; a small file shares the flush with other small files of the same
+/// filesystem finished at the same time.
+pub fn sync_file(file: &File, len: u64) -> io::Result<()> {
+    if !cfg!(target_os = "linux") || len > SHARED_MAX {
         return file.sync_all();
     }
     let dev = file.metadata()?.dev();
@@ -150,7 +158,7 @@ mod tests {
     fn files_on_the_same_filesystem_share_a_group() {
         let dir = tempfile::tempdir().unwrap();
         let file = File::create(dir.path().join("a")).unwrap();
-        sync_file(&file).unwrap();
+        sync_file(&file, 0).unwrap();
         let dev = file.metadata().unwrap().dev();
         let group = GROUPS.lock().unwrap().get(&dev).cloned().unwrap();
         let state = group.state.lock().unwrap();

@@ -225,7 +225,7 @@ impl FolderFs {
         ))
         .map_err(at)?;
         file.set_modified(system_time(record.mtime_ns)).map_err(io_at(&record.path))?;
-        crate::sync::durable::sync_file(file).map_err(io_at(&record.path))?;
+        crate::sync::durable::sync_file(file, record.size).map_err(io_at(&record.path))?;
         match self.checked_stat(&record.path, indexed)? {
             Some(meta) if meta.is_dir() => {
                 return Err(ApplyError::LocalChange(record.path.clone()));
