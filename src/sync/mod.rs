@@ -238,6 +238,9 @@ pub struct Faults {
     /// `TANDEM_TEST_REDIAL_SECS=N`: dial every peer again every N s even while connected,
     /// so both sides hold two connections at once and one is closed as a duplicate.
     pub redial_secs: Option<u64>,
+    /// `TANDEM_TEST_FIRST_PING_DELAY_MS=N`: end the initial index exchange (its Ping) N ms
+    /// after the records, as a slow link or a busy peer would.
+    pub first_ping_delay_ms: u64,
 }
 
 impl Faults {
@@ -257,13 +260,18 @@ impl Faults {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             redial_secs: std::env::var("TANDEM_TEST_REDIAL_SECS").ok().and_then(|v| v.parse().ok()),
+            first_ping_delay_ms: std::env::var("TANDEM_TEST_FIRST_PING_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         };
         let active = faults.corrupt_responses
             || faults.response_delay_ms > 0
             || faults.watch_limit.is_some()
             || faults.stall_secs.is_some()
             || faults.clock_skew_secs != 0
-            || faults.redial_secs.is_some();
+            || faults.redial_secs.is_some()
+            || faults.first_ping_delay_ms > 0;
         if active {
             tracing::warn!("TEST FAULTS ACTIVE: {faults:?}");
         }
@@ -413,6 +421,10 @@ impl Inner {
                 known.received_index.push(folder.clone());
             }
         }
+        // whether the folder is in sync is decided after a round: a reconnect that brings no
+        // records starts none, so without this the daemon would not know it is in sync
+        // (no `synced_at`) until the next rescan
+        self.notify_folder(folder);
     }
 
     /// Every peer a session was established with since start, with what it shared and

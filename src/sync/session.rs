@@ -194,6 +194,9 @@ async fn send_index(
         sent.insert(folder.clone(), last.max(since));
     }
     // the first Ping marks the end of the initial exchange (PROTOCOL.md §9)
+    if inner.faults.first_ping_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(inner.faults.first_ping_delay_ms)).await;
+    }
     tx.send(&Message::Ping).await?;
     loop {
         changes.borrow_and_update();

@@ -149,6 +149,43 @@ fn check_forgives_lag_within_max_lag_and_not_beyond() {
 }
 
 #[test]
+fn a_peer_that_reconnects_with_nothing_new_is_confirmed_in_sync() {
+    let (a, b) = (Device::peer(), Device::peer());
+    a.trust(&b);
+    b.trust(&a);
+    a.write("x.txt", b"x");
+    let _serve_a = a.serve();
+    let mut serve_b = b.serve();
+    let both = || {
+        a.run(&["status", "--check"]).status.success()
+            && b.run(&["status", "--check"]).status.success()
+    };
+    assert!(wait_until(30, both), "{:#}", status(&a));
+    serve_b.stop();
+    let gone = || {
+        let out = a.run(&["status", "--check"]);
+        !out.status.success() && String::from_utf8_lossy(&out.stdout).contains("not connected")
+    };
+    assert!(wait_until(30, gone), "a did not notice b leave");
+    // b comes back with nothing new to send, and ends its initial exchange late (after a's
+    // round for b's index page has finished): a's daemon must still learn it is in sync
+    // (while in sync, its synced_at is "now" and moves; frozen, it is the time b left)
+    let _serve_b = b.serve_with(&[("TANDEM_TEST_FIRST_PING_DELAY_MS", "1500")]);
+    assert!(wait_until(30, both), "{:#}", status(&a));
+    let synced = |d: &Device| folder(&status(d), "docs").unwrap()["synced_at"].clone();
+    let moving = || {
+        let before = synced(&a);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        before.is_string() && synced(&a).as_str() > before.as_str()
+    };
+    assert!(
+        wait_until(15, moving),
+        "a's daemon never confirmed it is in sync again: {:#}",
+        status(&a)
+    );
+}
+
+#[test]
 fn revert_runs_inside_a_running_daemon() {
     let (a, b) = (Device::peer(), Device::peer());
     a.trust(&b);
