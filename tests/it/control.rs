@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use serde_json::Value;
 
-use crate::support::{Device, wait_until};
+use crate::support::{Daemon, Device, wait_until};
 
 fn status(d: &Device) -> Value {
     serde_json::from_str(&d.ok(&["status", "--json"])).expect("status --json is JSON")
@@ -16,6 +16,22 @@ fn status(d: &Device) -> Value {
 
 fn folder<'a>(status: &'a Value, id: &str) -> Option<&'a Value> {
     status["folders"].as_array()?.iter().find(|f| f["id"] == id)
+}
+
+/// Two devices that trust each other, both serving; `a` holds `x.txt`.
+fn serving_pair() -> (Device, Device, Daemon, Daemon) {
+    let (a, b) = (Device::peer(), Device::peer());
+    a.trust(&b);
+    b.trust(&a);
+    a.write("x.txt", b"x");
+    let (serve_a, serve_b) = (a.serve(), b.serve());
+    (a, b, serve_a, serve_b)
+}
+
+/// `tandem status --check ARGS` fails on `d` and prints `needle`.
+fn check_fails_with(d: &Device, args: &[&str], needle: &str) -> bool {
+    let out = d.run(&[&["status", "--check"], args].concat());
+    !out.status.success() && String::from_utf8_lossy(&out.stdout).contains(needle)
 }
 
 /// Runs a command and returns (success, stdout, stderr).
@@ -123,49 +139,30 @@ fn per_file_problems_and_a_failed_watch_show_in_status_until_the_cause_is_gone()
 
 #[test]
 fn check_forgives_lag_within_max_lag_and_not_beyond() {
-    let (a, b) = (Device::peer(), Device::peer());
-    a.trust(&b);
-    b.trust(&a);
-    a.write("x.txt", b"x");
-    let _serve_a = a.serve();
-    let mut serve_b = b.serve();
+    let (a, _b, _serve_a, mut serve_b) = serving_pair();
     let in_sync = || a.run(&["status", "--check"]).status.success();
     assert!(wait_until(30, in_sync), "{:#}", status(&a));
     let at = folder(&status(&a), "docs").unwrap()["synced_at"].clone();
     assert!(at.is_string(), "a folder in sync has no synced_at: {at}");
 
     serve_b.stop();
-    let lagging = || {
-        let out = a.run(&["status", "--check"]);
-        !out.status.success() && String::from_utf8_lossy(&out.stdout).contains("not connected")
-    };
+    let lagging = || check_fails_with(&a, &[], "not connected");
     assert!(wait_until(30, lagging), "a vanished peer was not a problem");
     a.ok(&["status", "--check", "--max-lag", "3600"]);
-    let too_old = || {
-        let out = a.run(&["status", "--check", "--max-lag", "1"]);
-        !out.status.success() && String::from_utf8_lossy(&out.stdout).contains("last in sync")
-    };
+    let too_old = || check_fails_with(&a, &["--max-lag", "1"], "last in sync");
     assert!(wait_until(30, too_old), "lag beyond --max-lag passed");
 }
 
 #[test]
 fn a_peer_that_reconnects_with_nothing_new_is_confirmed_in_sync() {
-    let (a, b) = (Device::peer(), Device::peer());
-    a.trust(&b);
-    b.trust(&a);
-    a.write("x.txt", b"x");
-    let _serve_a = a.serve();
-    let mut serve_b = b.serve();
+    let (a, b, _serve_a, mut serve_b) = serving_pair();
     let both = || {
         a.run(&["status", "--check"]).status.success()
             && b.run(&["status", "--check"]).status.success()
     };
     assert!(wait_until(30, both), "{:#}", status(&a));
     serve_b.stop();
-    let gone = || {
-        let out = a.run(&["status", "--check"]);
-        !out.status.success() && String::from_utf8_lossy(&out.stdout).contains("not connected")
-    };
+    let gone = || check_fails_with(&a, &[], "not connected");
     assert!(wait_until(30, gone), "a did not notice b leave");
     // b comes back with nothing new to send, and ends its initial exchange late (after a's
     // round for b's index page has finished): a's daemon must still learn it is in sync
