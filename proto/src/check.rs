@@ -8,8 +8,10 @@
 use std::mem::discriminant;
 
 use crate::codec;
-use crate::model::{DeviceId, FileRecord, RelPath, VersionVector};
-use crate::wire::{FrameDecoder, FrameError, Message, decode_frame, encode_frame};
+use crate::model::{ChunkRef, DeviceId, FileRecord, Hash, RelPath, VersionVector};
+use crate::wire::{
+    ChunkEdit, FrameDecoder, FrameError, MAX_EDITED_CHUNKS, Message, decode_frame, encode_frame,
+};
 
 /// Any text either is refused as a path or is a path whose invariants hold.
 pub fn check_rel_path(data: &[u8]) {
@@ -30,6 +32,32 @@ pub fn check_record_decode(data: &[u8]) {
         let again: FileRecord = codec::decode(&codec::encode(&record)).expect("re-decode");
         assert_eq!(again, record);
     }
+}
+
+/// Any bytes either fail to decode as a chunk-list edit, or decode to one that applies to a
+/// base list (as long as the first byte says) without panicking: refused, or a list of at
+/// most [`MAX_EDITED_CHUNKS`] chunks, contiguous from offset 0, of base and added chunks.
+pub fn check_edit_apply(data: &[u8]) {
+    let Some((&n, rest)) = data.split_first() else { return };
+    let mut offset = 0;
+    let base: Vec<ChunkRef> = (0..n)
+        .map(|i| {
+            let chunk = ChunkRef { offset, len: u32::from(i) + 1, hash: Hash::of(&[i]) };
+            offset += u64::from(chunk.len);
+            chunk
+        })
+        .collect();
+    let Ok(edit) = codec::decode::<ChunkEdit>(rest) else { return };
+    let Ok(list) = edit.apply(&base) else { return };
+    assert!(list.len() <= MAX_EDITED_CHUNKS);
+    let mut at = 0u64;
+    for chunk in &list {
+        assert_eq!(chunk.offset, at, "offsets are the lengths before each chunk");
+        at = at.saturating_add(u64::from(chunk.len));
+    }
+    let added = edit.added();
+    let kept = list.len() - added;
+    assert!(kept == 0 || !base.is_empty(), "kept chunks from an empty base");
 }
 
 /// Any bytes either fail to decode as a version vector or decode to a normalized one.
@@ -112,6 +140,13 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    proptest! {
+        #[test]
+        fn edit_apply_check_holds_for_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            check_edit_apply(&data);
+        }
+    }
 
     proptest! {
         #[test]

@@ -25,8 +25,8 @@ pub(super) fn sync(home: &Home, args: SyncArgs) -> anyhow::Result<()> {
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let stats = runtime()?.block_on(daemon::run(home, Mode::Once { timeout, progress }))?;
     eprintln!(
-        "in sync: {} bytes received from peers, {} bytes reused locally, {} bytes resumed, {} bad chunks rejected",
-        stats.network, stats.reused, stats.resumed, stats.rejected
+        "in sync: {} bytes received from peers, {} bytes reused locally, {} bytes resumed, {} bad chunks rejected, {} bytes of index received",
+        stats.network, stats.reused, stats.resumed, stats.rejected, stats.index
     );
     Ok(())
 }

@@ -91,6 +91,8 @@ pub struct RunStats {
     pub resumed: u64,
     /// Chunks rejected for a bad hash.
     pub rejected: u64,
+    /// Bytes of peers' records received (control streams).
+    pub index: u64,
 }
 
 /// Runs the daemon.
@@ -185,6 +187,7 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
         reused: load(&stats.reused),
         resumed: load(&stats.resumed),
         rejected: load(&stats.rejected),
+        index: load(&stats.index),
     })
 }
 

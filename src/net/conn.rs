@@ -50,12 +50,18 @@ impl FramedSend {
 pub struct FramedRecv {
     stream: quinn::RecvStream,
     decoder: FrameDecoder,
+    received: u64,
 }
 
 impl FramedRecv {
     /// Wraps a receive stream.
     pub fn new(stream: quinn::RecvStream) -> Self {
-        Self { stream, decoder: FrameDecoder::default() }
+        Self { stream, decoder: FrameDecoder::default(), received: 0 }
+    }
+
+    /// Bytes read from the stream so far (frames and their length prefixes).
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// The next message, or `None` at a clean end of stream.
@@ -66,7 +72,10 @@ impl FramedRecv {
             }
             let want = self.decoder.wanted().clamp(1, 1 << 20);
             match self.stream.read_chunk(want, true).await? {
-                Some(chunk) => self.decoder.push(&chunk.bytes)?,
+                Some(chunk) => {
+                    self.received += chunk.bytes.len() as u64;
+                    self.decoder.push(&chunk.bytes)?;
+                }
                 None => {
                     self.decoder.finish()?;
                     return Ok(None);

@@ -648,6 +648,27 @@ impl WriteBatch {
         read_peer_meta(&table, folder, peer)
     }
 
+    /// Lowers the highest sequence held from `peer` for `folder` to at most `cap`, so the
+    /// next connection resumes from there: the session holds back records it could not
+    /// rebuild from an edit and asked for again (a lost answer must be sent again).
+    pub fn cap_peer_sequence(
+        &mut self,
+        folder: &str,
+        peer: &str,
+        cap: u64,
+    ) -> Result<(), StoreError> {
+        let mut meta = self.peer_meta(folder, peer)?;
+        if meta.max_sequence <= cap {
+            return Ok(());
+        }
+        meta.max_sequence = cap;
+        let mut table = self.txn.open_table(PEER_META).map_err(db_err)?;
+        table
+            .insert((folder, peer), records::encode_peer_meta(&meta).as_slice())
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     /// Replaces the folder's pending records with `records`: what a plan is about to commit
     /// once its steps are done (an empty slice clears them). Chunk lists are left out: the
     /// scanner that may use a pending record has just chunked the content itself.

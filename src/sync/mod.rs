@@ -47,6 +47,8 @@ pub struct Stats {
     pub resumed: AtomicU64,
     /// Chunks discarded because their hash did not match.
     pub rejected: AtomicU64,
+    /// Bytes of peers' records received on control streams (index exchange and updates).
+    pub index: AtomicU64,
 }
 
 /// What a folder's runner is doing.

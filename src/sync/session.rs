@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tandem_proto::model::{DeviceId, FolderId};
+use tandem_proto::model::{DeviceId, EntryKind, FileRecord, FolderId, RelPath};
 use tandem_proto::wire::{
-    Close, CloseCode, ClusterConfig, FolderShare, Hello, IndexBatch, MAX_IN_FLIGHT,
-    MAX_INDEX_BATCH, MAX_REQUEST, Message, PROTOCOL_VERSION, Response, ResponseBody,
+    ChunkEdit, Close, CloseCode, ClusterConfig, EDITS_VERSION, EditBatch, EditedRecord,
+    FolderShare, Hello, IndexBatch, MAX_IN_FLIGHT, MAX_INDEX_BATCH, MAX_REQUEST, Message,
+    PROTOCOL_VERSION, Resend, Response, ResponseBody,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::net::conn::{FramedRecv, FramedSend, StreamError};
 use crate::sync::puller::serve_read;
@@ -25,6 +26,23 @@ use crate::sync::{Inner, PeerState};
 
 /// How long the peer has to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Chunk lists shorter than this always travel in full: telling one as an edit needs a
+/// lookup of our copy of the peer's record, which costs more than a short list saves.
+const EDIT_MIN_CHUNKS: usize = 16;
+
+/// Most `Resend` requests from the peer waiting for an answer; an honest peer sends one
+/// now and then (PROTOCOL.md §9.9), so more is a flood and closes the connection.
+const MAX_RESENDS_WAITING: usize = 64;
+
+/// What the receiving half of a session needs the sending half (which owns the control
+/// stream's send side) to send.
+enum Outgoing {
+    /// The peer asked for these records of ours in full.
+    Answer(FolderId, Vec<RelPath>),
+    /// Ask the peer for these records in full: their edits did not fit our records.
+    Ask(FolderId, Vec<RelPath>),
+}
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +115,9 @@ async fn session(
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => return Err(ProtocolError::Violation("no Hello within 10 s".into())),
     };
-    if theirs.protocol_version < 1 {
+    // PROTOCOL.md §9.2: the connection speaks the lower of the two versions
+    let version = theirs.protocol_version.min(PROTOCOL_VERSION);
+    if version < 1 {
         let close = Close { code: CloseCode::VersionMismatch, reason: "version 1 required".into() };
         tx.send(&Message::Close(close)).await?;
         return Err(ProtocolError::Violation(format!(
@@ -123,8 +143,15 @@ async fn session(
         PeerState { shared: shared.keys().cloned().collect(), received_index: Vec::new() },
     );
     let server = tokio::spawn(serve_requests(inner.clone(), conn.clone(), peer));
-    let sender = tokio::spawn(send_index(inner.clone(), tx, shared.clone()));
-    let result = receive(inner, &mut rx, peer, &shared).await;
+    let edits = version >= EDITS_VERSION;
+    // answers are bounded (a flood of Resend closes the connection); our own asks are at
+    // most one per record the peer sent, each path pending at most once
+    let (answer_tx, answer_rx) = mpsc::channel(MAX_RESENDS_WAITING);
+    let (ask_tx, ask_rx) = mpsc::unbounded_channel();
+    let sending = Sending { peer: peer.to_string(), edits, answers: answer_rx, asks: ask_rx };
+    let sender = tokio::spawn(send_index(inner.clone(), tx, shared.clone(), sending));
+    let outgoing = Channels { answers: answer_tx, asks: ask_tx };
+    let result = receive(inner, &mut rx, peer, &shared, edits, outgoing).await;
     server.abort();
     sender.abort();
     result
@@ -175,11 +202,31 @@ fn shared_folders(
         .collect()
 }
 
-/// Sends our records: the initial exchange, then updates whenever the local index changes.
+/// The sending half's view of the connection.
+struct Sending {
+    /// The peer's device id as the index keys it.
+    peer: String,
+    /// Protocol v2: chunk lists may be sent as edits, and `Resend` is understood.
+    edits: bool,
+    /// Records the peer asked for in full.
+    answers: mpsc::Receiver<Outgoing>,
+    /// Records we ask the peer for in full.
+    asks: mpsc::UnboundedReceiver<Outgoing>,
+}
+
+/// The receiving half's way to the sending half.
+struct Channels {
+    answers: mpsc::Sender<Outgoing>,
+    asks: mpsc::UnboundedSender<Outgoing>,
+}
+
+/// Sends our records: the initial exchange, then updates whenever the local index changes,
+/// and the `Resend`s both ways.
 async fn send_index(
     inner: Arc<Inner>,
     mut tx: FramedSend,
     shared: BTreeMap<FolderId, FolderShare>,
+    mut sending: Sending,
 ) -> Result<(), ProtocolError> {
     let mut changes = inner.local_changes.subscribe();
     let mut sent: BTreeMap<FolderId, u64> = BTreeMap::new();
@@ -190,7 +237,8 @@ async fn send_index(
             .map_err(|e| ProtocolError::Store(e.to_string()))?;
         let resume = theirs.seen_index_id == meta.index_id && theirs.seen_sequence > 0;
         let since = if resume { theirs.seen_sequence } else { 0 };
-        let last = send_since(&inner, &mut tx, folder, since, !resume, true).await?;
+        let to = Audience { sending: &sending, share: theirs };
+        let last = send_since(&inner, &mut tx, folder, since, !resume, true, &to).await?;
         sent.insert(folder.clone(), last.max(since));
     }
     // the first Ping marks the end of the initial exchange (PROTOCOL.md §9)
@@ -200,15 +248,111 @@ async fn send_index(
     tx.send(&Message::Ping).await?;
     loop {
         changes.borrow_and_update();
-        for folder in shared.keys() {
+        for (folder, theirs) in &shared {
             let since = sent.get(folder).copied().unwrap_or(0);
-            let last = send_since(&inner, &mut tx, folder, since, false, false).await?;
+            let to = Audience { sending: &sending, share: theirs };
+            let last = send_since(&inner, &mut tx, folder, since, false, false, &to).await?;
             sent.insert(folder.clone(), last.max(since));
         }
-        if changes.changed().await.is_err() {
-            return Ok(());
+        let outgoing = tokio::select! {
+            changed = changes.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => return Ok(()),
+            },
+            Some(out) = sending.answers.recv() => out,
+            Some(out) = sending.asks.recv() => out,
+        };
+        match outgoing {
+            Outgoing::Answer(folder, paths) => send_again(&inner, &mut tx, &folder, &paths).await?,
+            Outgoing::Ask(folder, paths) => {
+                for paths in paths.chunks(MAX_INDEX_BATCH) {
+                    let resend = Resend { folder: folder.clone(), paths: paths.to_vec() };
+                    tx.send(&Message::Resend(resend)).await?;
+                }
+            }
         }
     }
+}
+
+/// Answers a `Resend`: our current records of `paths`, chunk lists in full (PROTOCOL.md
+/// §9.9). A path we hold no announced record of is left out.
+async fn send_again(
+    inner: &Inner,
+    tx: &mut FramedSend,
+    folder: &FolderId,
+    paths: &[RelPath],
+) -> Result<(), ProtocolError> {
+    let store = |e: crate::store::StoreError| ProtocolError::Store(e.to_string());
+    let mut records = Vec::new();
+    {
+        let snapshot = inner.index.snapshot().map_err(store)?;
+        for path in paths {
+            records.extend(snapshot.record(folder.as_str(), path).map_err(store)?);
+        }
+    }
+    records.sort_by_key(|l| l.record.sequence);
+    let records = inner.announced(folder, records).map_err(store)?;
+    for chunk in batches(&records) {
+        let records = chunk.iter().map(|l| l.record.clone()).collect();
+        let batch = IndexBatch { folder: folder.clone(), records, first: false };
+        tx.send(&Message::IndexUpdate(batch)).await?;
+    }
+    Ok(())
+}
+
+/// Who a batch is for: what decides whether chunk lists may go as edits.
+struct Audience<'a> {
+    sending: &'a Sending,
+    /// The peer's `FolderShare`: its current index id for the folder.
+    share: &'a FolderShare,
+}
+
+/// The records of a batch with chunk lists told as edits where that is much shorter, or
+/// `None` when no record gains from it (the batch goes as v1 `Index`/`IndexUpdate`).
+///
+/// The base of an edit is our copy of the peer's own record of the path, which the peer
+/// announced with that sequence; it is used only when our copy came from the peer's current
+/// index (else its sequences name other records). The peer rebuilds the list from its
+/// record, or asks for it in full if that record changed meanwhile.
+fn with_edits(
+    inner: &Inner,
+    folder: &FolderId,
+    to: &Audience<'_>,
+    records: &[crate::store::LocalRecord],
+) -> Result<Option<Vec<EditedRecord>>, crate::store::StoreError> {
+    let long = |r: &FileRecord| {
+        r.kind == EntryKind::File && !r.deleted && r.chunks.len() >= EDIT_MIN_CHUNKS
+    };
+    if !to.sending.edits || !records.iter().any(|l| long(&l.record)) {
+        return Ok(None);
+    }
+    if inner.index.peer_meta(folder.as_str(), &to.sending.peer)?.index_id != to.share.index_id {
+        return Ok(None);
+    }
+    let mut snapshot = inner.index.snapshot()?;
+    let mut out = Vec::with_capacity(records.len());
+    let mut any = false;
+    for local in records {
+        let record = &local.record;
+        let mut edit = None;
+        if long(record) {
+            let base = snapshot.peer_record(folder.as_str(), &to.sending.peer, &record.path)?;
+            if let Some(base) = base.filter(|b| b.kind == EntryKind::File && !b.deleted) {
+                let e = ChunkEdit::between(base.sequence, base.hash, &base.chunks, &record.chunks);
+                if e.added() + e.ops.len() <= record.chunks.len() / 2 {
+                    edit = Some(e);
+                }
+            }
+        }
+        any |= edit.is_some();
+        let record = if edit.is_some() {
+            FileRecord { chunks: Vec::new(), ..record.clone() }
+        } else {
+            record.clone()
+        };
+        out.push(EditedRecord { record, edit });
+    }
+    Ok(any.then_some(out))
 }
 
 /// Records read from the index per page while sending (bounds the memory of a full
@@ -224,6 +368,7 @@ async fn send_since(
     since: u64,
     first: bool,
     initial: bool,
+    to: &Audience<'_>,
 ) -> Result<u64, ProtocolError> {
     let store = |e: crate::store::StoreError| ProtocolError::Store(e.to_string());
     let (mut last, mut first) = (since, first);
@@ -238,9 +383,15 @@ async fn send_since(
             return Ok(page_last.max(last));
         }
         for chunk in batches(&records) {
-            let records: Vec<_> = chunk.iter().map(|l| l.record.clone()).collect();
-            let batch = IndexBatch { folder: folder.clone(), records, first };
-            let message = if initial { Message::Index(batch) } else { Message::IndexUpdate(batch) };
+            let edited =
+                if first { None } else { with_edits(inner, folder, to, chunk).map_err(store)? };
+            let message = if let Some(records) = edited {
+                Message::IndexEdits(EditBatch { folder: folder.clone(), records })
+            } else {
+                let records: Vec<_> = chunk.iter().map(|l| l.record.clone()).collect();
+                let batch = IndexBatch { folder: folder.clone(), records, first };
+                if initial { Message::Index(batch) } else { Message::IndexUpdate(batch) }
+            };
             tx.send(&message).await?;
             first = false;
         }
@@ -277,12 +428,50 @@ async fn receive(
     rx: &mut FramedRecv,
     peer: DeviceId,
     shared: &BTreeMap<FolderId, FolderShare>,
+    edits: bool,
+    outgoing: Channels,
 ) -> Result<(), ProtocolError> {
     let peer_key = peer.to_string();
     let mut initial_done = false;
+    // per folder, the records asked for again and the sequence each came with
+    let mut pending: BTreeMap<FolderId, BTreeMap<RelPath, u64>> = BTreeMap::new();
+    let mut counted = 0;
     loop {
-        let batch = match rx.recv().await? {
+        let message = rx.recv().await?;
+        inner.stats.index.fetch_add(rx.received() - counted, Ordering::Relaxed);
+        counted = rx.received();
+        let batch = match message {
             Some(Message::Index(b)) => b,
+            Some(Message::IndexEdits(b)) if edits => {
+                let (batch, unresolved) = rebuild(inner, shared, b)?;
+                if !unresolved.is_empty() {
+                    let waiting = pending.entry(batch.folder.clone()).or_default();
+                    for (path, sequence) in &unresolved {
+                        let seq = waiting.entry(path.clone()).or_insert(*sequence);
+                        *seq = (*seq).min(*sequence);
+                    }
+                    tracing::info!(%peer, "{} records of folder {} changed here since {peer} based edits on them; asking for them in full", unresolved.len(), batch.folder);
+                    let paths = unresolved.into_iter().map(|(path, _)| path).collect();
+                    // the sending half outlives this loop unless the session is ending
+                    let _ = outgoing.asks.send(Outgoing::Ask(batch.folder.clone(), paths));
+                }
+                batch
+            }
+            Some(Message::Resend(r)) if edits => {
+                if !shared.contains_key(&r.folder) || r.paths.len() > MAX_INDEX_BATCH {
+                    return Err(ProtocolError::Violation(format!(
+                        "Resend of {} paths in folder {}",
+                        r.paths.len(),
+                        r.folder
+                    )));
+                }
+                if outgoing.answers.try_send(Outgoing::Answer(r.folder, r.paths)).is_err() {
+                    return Err(ProtocolError::Violation(format!(
+                        "more than {MAX_RESENDS_WAITING} Resend requests waiting"
+                    )));
+                }
+                continue;
+            }
             Some(Message::IndexUpdate(b)) if b.first => {
                 return Err(ProtocolError::Violation("IndexUpdate with first set".into()));
             }
@@ -325,10 +514,68 @@ async fn receive(
                 ))
             })?;
         }
-        store_batch(inner, &peer_key, share.index_id, &batch)?;
+        // a record that arrives whole (or rebuilt) ends the wait for it; what still waits
+        // holds the resume point below its sequence, so a reconnect sends it again
+        let waiting = pending.entry(batch.folder.clone()).or_default();
+        if batch.first {
+            waiting.clear();
+        }
+        for record in &batch.records {
+            waiting.remove(&record.path);
+        }
+        let cap = waiting.values().min().map(|seq| seq.saturating_sub(1));
+        store_batch(inner, &peer_key, share.index_id, &batch, cap)?;
         let paths: Vec<_> = batch.records.iter().map(|r| r.path.clone()).collect();
         inner.peer_news(&batch.folder, &paths, batch.first);
     }
+}
+
+/// Rebuilds the chunk lists of an `IndexEdits` batch from our own records (PROTOCOL.md
+/// §5.8): the batch of the records whose base we hold, and the paths (with sequences) whose
+/// base changed since we announced it, to be asked for again.
+fn rebuild(
+    inner: &Inner,
+    shared: &BTreeMap<FolderId, FolderShare>,
+    batch: EditBatch,
+) -> Result<(IndexBatch, Vec<(RelPath, u64)>), ProtocolError> {
+    let violation =
+        |what: String| ProtocolError::Violation(format!("folder {}: {what}", batch.folder));
+    if !shared.contains_key(&batch.folder) {
+        return Err(violation("edits for a folder not shared with it".into()));
+    }
+    if batch.records.len() > MAX_INDEX_BATCH {
+        return Err(violation(format!("edit batch of {} records", batch.records.len())));
+    }
+    let store = |e: crate::store::StoreError| ProtocolError::Store(e.to_string());
+    let snapshot = inner.index.snapshot().map_err(store)?;
+    let mut records = Vec::with_capacity(batch.records.len());
+    let mut unresolved = Vec::new();
+    for EditedRecord { mut record, edit } in batch.records {
+        let Some(edit) = edit else {
+            records.push(record);
+            continue;
+        };
+        if !record.chunks.is_empty() {
+            return Err(violation(format!("record {} has both chunks and an edit", record.path)));
+        }
+        let base = snapshot.record(batch.folder.as_str(), &record.path).map_err(store)?;
+        let base = base.map(|l| l.record).filter(|b| {
+            b.sequence == edit.base_sequence
+                && b.hash == edit.base_hash
+                && b.kind == EntryKind::File
+                && !b.deleted
+        });
+        match base {
+            Some(base) => {
+                record.chunks = edit
+                    .apply(&base.chunks)
+                    .map_err(|e| violation(format!("record {}: {e}", record.path)))?;
+                records.push(record);
+            }
+            None => unresolved.push((record.path, record.sequence)),
+        }
+    }
+    Ok((IndexBatch { folder: batch.folder, records, first: false }, unresolved))
 }
 
 fn store_batch(
@@ -336,12 +583,15 @@ fn store_batch(
     peer: &str,
     index_id: u64,
     batch: &IndexBatch,
+    cap: Option<u64>,
 ) -> Result<(), ProtocolError> {
     let store = |e: crate::store::StoreError| ProtocolError::Store(e.to_string());
     let mut write = inner.index.write().map_err(store)?;
-    write
-        .put_peer_records(batch.folder.as_str(), peer, index_id, &batch.records, batch.first)
-        .map_err(store)?;
+    let folder = batch.folder.as_str();
+    write.put_peer_records(folder, peer, index_id, &batch.records, batch.first).map_err(store)?;
+    if let Some(cap) = cap {
+        write.cap_peer_sequence(folder, peer, cap).map_err(store)?;
+    }
     write.commit().map_err(store)
 }
 
@@ -355,6 +605,8 @@ fn kind(message: &Message) -> &'static str {
         Message::Response(_) => "Response",
         Message::Ping => "Ping",
         Message::Close(_) => "Close",
+        Message::IndexEdits(_) => "IndexEdits",
+        Message::Resend(_) => "Resend",
     }
 }
 

@@ -18,8 +18,9 @@ use tandem_proto::model::{
     ChunkRef, EntryKind, FileRecord, FolderId, Hash, RelPath, ShortId, VersionVector,
 };
 use tandem_proto::wire::{
-    ClusterConfig, ErrorCode, FolderShare, Hello, IndexBatch, MAX_FRAME, MAX_IN_FLIGHT, Message,
-    Request, Response, ResponseBody, decode_frame, encode_frame,
+    ChunkEdit, ChunkOp, ClusterConfig, EditBatch, EditedRecord, ErrorCode, FolderShare, Hello,
+    IndexBatch, MAX_EDITED_CHUNKS, MAX_FRAME, MAX_IN_FLIGHT, Message, NewChunk, Request, Response,
+    ResponseBody, decode_frame, encode_frame,
 };
 
 use crate::support::{Device, Rng, proc_status_kib, random_bytes, wait_until};
@@ -35,6 +36,16 @@ struct Mallory {
 /// Connects to `target` as `me` and sends the handshake messages: Hello, then a
 /// ClusterConfig claiming `folders`.
 async fn open_session_sharing(me: &Device, target: &Device, folders: &[&str]) -> Mallory {
+    open_session_speaking(me, target, folders, 1).await
+}
+
+/// As [`open_session_sharing`], saying Hello with protocol `version`.
+async fn open_session_speaking(
+    me: &Device,
+    target: &Device,
+    folders: &[&str],
+    version: u32,
+) -> Mallory {
     let home = Home::new(&me.home()).unwrap();
     let identity = Identity::load(&home).unwrap();
     let target_id = target.id().parse().unwrap();
@@ -49,7 +60,7 @@ async fn open_session_sharing(me: &Device, target: &Device, folders: &[&str]) ->
     let conn = endpoint.connect(addr, target_id).await.unwrap();
     let (mut send, recv) = conn.open_bi().await.unwrap();
     let hello = Message::Hello(Hello {
-        protocol_version: 1,
+        protocol_version: version,
         device_name: "mallory".into(),
         client_version: "evil 1.0".into(),
     });
@@ -716,5 +727,75 @@ fn a_peer_that_accepts_requests_and_never_answers_is_dropped_and_the_file_fails_
     assert!(log_has("stuck.bin"), "{}", serve.log_text());
     assert!(!victim.path("stuck.bin").exists(), "a file with unanswered chunks was installed");
     drop(session);
+    assert_survived(&victim, &honest, &serve.log_text());
+}
+
+/// An `IndexEdits` frame for `docs` with one record of `path` whose chunk list is `edit`.
+fn edits_frame(path: &str, size: u64, chunks: Vec<ChunkRef>, edit: ChunkEdit) -> Vec<u8> {
+    let mut record = record_of(path, b"", 1);
+    record.size = size;
+    record.chunks = chunks;
+    let batch = EditBatch {
+        folder: FolderId::new("docs").unwrap(),
+        records: vec![EditedRecord { record, edit: Some(edit) }],
+    };
+    encode_frame(&Message::IndexEdits(batch)).unwrap()
+}
+
+#[test]
+fn chunk_list_edits_that_break_the_protocol_are_refused_and_nothing_is_written() {
+    let (victim, mallory, honest) = victim_mallory_honest();
+    let base_data = random_bytes(31, 3 << 20);
+    victim.write("big.bin", &base_data);
+    victim.scan();
+    let base = victim.entry("big.bin").unwrap();
+    let (base_sequence, chunks) = (base["sequence"].as_u64().unwrap(), base["chunks"].as_u64());
+    assert!(chunks.unwrap() >= 16, "the base should have a long chunk list: {base}");
+    let base_hash: Hash = base["hash"].as_str().unwrap().parse().unwrap();
+    let serve = victim.serve();
+    let edit = |ops| ChunkEdit { base_sequence, base_hash, ops };
+    let added = |n: usize| ChunkOp::Add(vec![NewChunk { len: 1, hash: Hash::ZERO }; n]);
+    let one = vec![ChunkRef { offset: 0, len: 1, hash: Hash::ZERO }];
+    let cases: Vec<(Vec<u8>, u32, &str)> = vec![
+        // edits are version 2: on a version-1 connection the message itself is refused
+        (edits_frame("v1.bin", 1, Vec::new(), edit(vec![added(1)])), 1, "unexpected IndexEdits"),
+        // the others name the victim's own record of big.bin as their base, as an honest edit
+        // would; a kept run past the end of that base
+        (
+            edits_frame(
+                "big.bin",
+                1,
+                Vec::new(),
+                edit(vec![ChunkOp::Keep { start: 0, count: 9999 }]),
+            ),
+            2,
+            "kept run 0+9999 is outside a base of",
+        ),
+        // a list longer than the limit, by repeating the base
+        (
+            edits_frame(
+                "big.bin",
+                1,
+                Vec::new(),
+                edit(vec![ChunkOp::Keep { start: 0, count: 16 }; MAX_EDITED_CHUNKS / 16 + 1]),
+            ),
+            2,
+            "builds more than",
+        ),
+        // chunks and an edit at once
+        (edits_frame("big.bin", 1, one, edit(vec![added(1)])), 2, "has both chunks and an edit"),
+        // a rebuilt list that does not cover the record's size
+        (edits_frame("big.bin", 1 << 40, Vec::new(), edit(vec![added(3)])), 2, "chunks cover 3 of"),
+    ];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for (frame, version, why) in cases {
+        runtime.block_on(async {
+            let mallory = open_session_speaking(&mallory, &victim, &["docs"], version).await;
+            send_and_expect_close(mallory, &frame, false).await;
+        });
+        assert!(wait_until(10, || serve.log_text().contains(why)), "{why}: {}", serve.log_text());
+    }
+    assert!(!victim.path("v1.bin").exists(), "v1.bin was written");
+    assert_eq!(std::fs::read(victim.path("big.bin")).unwrap(), base_data);
     assert_survived(&victim, &honest, &serve.log_text());
 }

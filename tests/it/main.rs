@@ -10,6 +10,7 @@ mod cli;
 mod conflicts;
 mod control;
 mod crash;
+mod edits;
 mod hostile;
 mod hostile_fs;
 mod scan;

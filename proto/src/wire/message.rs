@@ -7,9 +7,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{FileRecord, FolderId, Hash, RelPath};
+use crate::wire::edit::ChunkEdit;
 
-/// The protocol version this implementation speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The highest protocol version this implementation speaks. Version 2 adds
+/// [`Message::IndexEdits`] and [`Message::Resend`]; a connection whose peer speaks only 1
+/// uses neither (PROTOCOL.md §9.2).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The first protocol version with [`Message::IndexEdits`] and [`Message::Resend`].
+pub const EDITS_VERSION: u32 = 2;
 
 /// The TLS ALPN protocol id.
 pub const ALPN: &[u8] = b"tandem/1";
@@ -43,6 +49,11 @@ pub enum Message {
     Ping,
     /// The sender is closing the connection.
     Close(Close),
+    /// (v2) Records of a folder, some of whose chunk lists are edits of the receiver's own
+    /// records; otherwise as `Index`/`IndexUpdate` with `first` unset.
+    IndexEdits(EditBatch),
+    /// (v2) The receiver could not rebuild these records' chunk lists: send them in full.
+    Resend(Resend),
 }
 
 /// Opening message.
@@ -88,6 +99,33 @@ pub struct IndexBatch {
     pub records: Vec<FileRecord>,
     /// First batch of a full exchange: forget what you held from me for this folder.
     pub first: bool,
+}
+
+/// (v2) A batch of records of one folder whose chunk lists may be edits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditBatch {
+    /// The folder.
+    pub folder: FolderId,
+    /// At most [`MAX_INDEX_BATCH`] records, in sequence order.
+    pub records: Vec<EditedRecord>,
+}
+
+/// (v2) A record whose chunk list may be told as an edit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditedRecord {
+    /// The record; its `chunks` are empty when `edit` is set.
+    pub record: FileRecord,
+    /// The chunk list as an edit of the receiver's own record of the same path.
+    pub edit: Option<ChunkEdit>,
+}
+
+/// (v2) Paths whose records the sender of this message needs again in full.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resend {
+    /// The folder.
+    pub folder: FolderId,
+    /// At most [`MAX_INDEX_BATCH`] paths.
+    pub paths: Vec<RelPath>,
 }
 
 /// A request for `size` bytes at `offset` of a file, expected to hash to `hash`.

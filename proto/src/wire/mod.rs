@@ -4,15 +4,17 @@
 //! normative. Decoding never panics and never allocates more than [`frame::MAX_FRAME`]
 //! bytes for one frame, whatever a peer sends.
 
+pub mod edit;
 pub mod frame;
 pub mod message;
 
 #[cfg(test)]
 mod tests;
 
+pub use edit::{ChunkEdit, ChunkOp, EditError, MAX_EDITED_CHUNKS, NewChunk};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME, decode_frame, encode_frame};
 pub use message::{
-    ALPN, Close, CloseCode, ClusterConfig, ErrorCode, FolderShare, Hello, IndexBatch,
-    MAX_IN_FLIGHT, MAX_INDEX_BATCH, MAX_REQUEST, Message, PROTOCOL_VERSION, Request, Response,
-    ResponseBody,
+    ALPN, Close, CloseCode, ClusterConfig, EDITS_VERSION, EditBatch, EditedRecord, ErrorCode,
+    FolderShare, Hello, IndexBatch, MAX_IN_FLIGHT, MAX_INDEX_BATCH, MAX_REQUEST, Message,
+    PROTOCOL_VERSION, Request, Resend, Response, ResponseBody,
 };

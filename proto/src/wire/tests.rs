@@ -17,8 +17,9 @@ use crate::model::{
     VersionVector,
 };
 use crate::wire::{
-    Close, CloseCode, ClusterConfig, ErrorCode, FolderShare, FrameDecoder, FrameError, Hello,
-    IndexBatch, MAX_FRAME, Message, Request, Response, ResponseBody, decode_frame, encode_frame,
+    ChunkEdit, ChunkOp, Close, CloseCode, ClusterConfig, EditBatch, EditedRecord, ErrorCode,
+    FolderShare, FrameDecoder, FrameError, Hello, IndexBatch, MAX_FRAME, Message, NewChunk,
+    Request, Resend, Response, ResponseBody, decode_frame, encode_frame,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -114,6 +115,26 @@ fn index_update() -> Message {
         records: vec![symlink, tombstone],
         first: false,
     })
+}
+
+fn index_edits() -> Message {
+    let record = FileRecord { chunks: Vec::new(), ..file_record() };
+    let edit = ChunkEdit {
+        base_sequence: 5,
+        base_hash: Hash::from_bytes([0xDD; 32]),
+        ops: vec![
+            ChunkOp::Keep { start: 0, count: 3 },
+            ChunkOp::Add(vec![NewChunk { len: 5, hash: Hash::from_bytes([0xBB; 32]) }]),
+        ],
+    };
+    Message::IndexEdits(EditBatch {
+        folder: folder(),
+        records: vec![EditedRecord { record, edit: Some(edit) }],
+    })
+}
+
+fn resend() -> Message {
+    Message::Resend(Resend { folder: folder(), paths: vec![path("a/b.txt")] })
 }
 
 fn request() -> Message {
@@ -371,8 +392,29 @@ fn golden() -> Vec<(&'static str, Message, Vec<u8>)> {
         ("response_error", response_error(), vec![0x05, 0x2B, 0x01, 0x05]),
         ("ping", Message::Ping, vec![0x06]),
         ("close", close(), cat(&[&[0x07, 0x03, 0x03], b"dup"])),
+        (
+            "index_edits",
+            index_edits(),
+            cat(&[
+                &[0x08],
+                b"\x04docs",
+                &[0x01],                    // 1 record
+                &file_record_bytes()[..55], // path … hash
+                &[0x00],                    // no chunks
+                &file_record_bytes()[90..], // version … modified_by
+                &[0x01, 0x05],              // Some(edit), base_sequence 5
+                &[0xDD; 32],                // base_hash
+                &[0x02, 0x00, 0x00, 0x03],  // 2 ops: Keep start 0, count 3
+                &[0x01, 0x01, 0x05],        // Add 1 chunk, len 5
+                &[0xBB; 32],                //   its hash
+            ]),
+        ),
+        ("resend", resend(), cat(&[&[0x09], b"\x04docs", &[0x01], b"\x07a/b.txt"])),
     ]
 }
+
+/// Messages that protocol version 2 added: their fixtures live in `fixtures/wire-v2`.
+const V2_MESSAGES: [&str; 2] = ["index_edits", "resend"];
 
 fn file_record_bytes() -> Vec<u8> {
     cat(&[
@@ -464,30 +506,32 @@ fn a_string_longer_than_the_frame_limit_is_refused_before_it_is_allocated() {
 // ---------------------------------------------------------------------------------------
 // Committed fixtures: frames written once by an earlier tandem, decoded forever after.
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/wire-v1")
+fn fixtures_dir(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/wire-v{version}"))
 }
 
 /// Writes the fixtures that do not exist yet (never overwrites one): run once with
 /// `TANDEM_WRITE_MISSING_FIXTURES=1` when a message is added.
 fn write_missing_fixtures() {
     for (name, message, _) in golden() {
-        let file = fixtures_dir().join(format!("{name}.bin"));
+        let dir = fixtures_dir(if V2_MESSAGES.contains(&name) { 2 } else { 1 });
+        let file = dir.join(format!("{name}.bin"));
         if !file.exists() {
-            std::fs::create_dir_all(fixtures_dir()).unwrap();
+            std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(&file, encode_frame(&message).unwrap()).unwrap();
         }
     }
 }
 
 #[test]
-fn committed_v1_fixtures_decode_to_their_messages() {
+fn committed_fixtures_decode_to_their_messages() {
     if std::env::var_os("TANDEM_WRITE_MISSING_FIXTURES").is_some() {
         write_missing_fixtures();
     }
     let expected = golden();
     let mut seen = 0;
-    for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
+    let files = [1, 2].into_iter().flat_map(|v| std::fs::read_dir(fixtures_dir(v)).unwrap());
+    for entry in files {
         let file = entry.unwrap().path();
         let name = file.file_stem().unwrap().to_str().unwrap().to_string();
         let (_, message, _) = expected
@@ -529,6 +573,7 @@ fn every_fuzz_seed_passes_its_check() {
         let check: fn(&[u8]) = match name.as_str() {
             "rel_path" => check::check_rel_path,
             "record_decode" => check::check_record_decode,
+            "edit_apply" => check::check_edit_apply,
             "version_decode" => check::check_version_decode,
             "device_id" => check::check_device_id,
             "frame_decode" => check::check_frame_decode,
@@ -613,6 +658,20 @@ fn arb_index_batch() -> impl Strategy<Value = IndexBatch> {
         .prop_map(|(folder, records, first)| IndexBatch { folder, records, first })
 }
 
+fn arb_edit() -> impl Strategy<Value = Option<ChunkEdit>> {
+    let op = prop_oneof![
+        (any::<u32>(), any::<u32>()).prop_map(|(start, count)| ChunkOp::Keep { start, count }),
+        proptest::collection::vec((any::<u32>(), arb_hash()), 0..3).prop_map(|chunks| {
+            ChunkOp::Add(chunks.into_iter().map(|(len, hash)| NewChunk { len, hash }).collect())
+        }),
+    ];
+    proptest::option::of(
+        (any::<u64>(), arb_hash(), proptest::collection::vec(op, 0..4)).prop_map(
+            |(base_sequence, base_hash, ops)| ChunkEdit { base_sequence, base_hash, ops },
+        ),
+    )
+}
+
 fn arb_error_code() -> impl Strategy<Value = ErrorCode> {
     prop_oneof![
         Just(ErrorCode::NotShared),
@@ -673,6 +732,16 @@ fn arb_message() -> impl Strategy<Value = Message> {
         Just(Message::Ping),
         (arb_close_code(), ".{0,20}")
             .prop_map(|(code, reason)| Message::Close(Close { code, reason })),
+        (arb_folder_id(), proptest::collection::vec((arb_file_record(), arb_edit()), 0..3))
+            .prop_map(|(folder, records)| Message::IndexEdits(EditBatch {
+                folder,
+                records: records
+                    .into_iter()
+                    .map(|(record, edit)| EditedRecord { record, edit })
+                    .collect(),
+            })),
+        (arb_folder_id(), proptest::collection::vec(arb_rel_path(), 0..3))
+            .prop_map(|(folder, paths)| Message::Resend(Resend { folder, paths })),
     ]
 }
 

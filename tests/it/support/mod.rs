@@ -335,13 +335,21 @@ pub(crate) struct SyncSummary {
     pub(crate) reused: u64,
     pub(crate) resumed: u64,
     pub(crate) rejected: u64,
+    /// Bytes of the peers' records received (index exchange and updates).
+    pub(crate) index: u64,
 }
 
 impl SyncSummary {
     pub(crate) fn parse(stderr: &str) -> Self {
         let line = stderr.lines().find(|l| l.starts_with("in sync:")).expect("summary line");
         let nums: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-        Self { network: nums[0], reused: nums[1], resumed: nums[2], rejected: nums[3] }
+        Self {
+            network: nums[0],
+            reused: nums[1],
+            resumed: nums[2],
+            rejected: nums[3],
+            index: nums[4],
+        }
     }
 }
 
