@@ -7,6 +7,7 @@
 //! disk. A step that finds the disk different from the index stops the round and rescans,
 //! so a local change is never overwritten unseen.
 
+pub mod delta;
 pub mod durable;
 pub mod executor;
 pub mod modes;
@@ -92,6 +93,8 @@ struct PeerEntry {
     /// Our requests outstanding on `conn`: at most `MAX_IN_FLIGHT` (PROTOCOL §10.4), shared
     /// by every transfer, so parallel pulls are queued here instead of answered `Busy`.
     slots: Arc<tokio::sync::Semaphore>,
+    /// The protocol version negotiated on `conn`.
+    version: u32,
 }
 
 /// A path this device cannot sync right now (per-file error), kept until its cause is gone.
@@ -359,6 +362,7 @@ impl Inner {
         peer: DeviceId,
         conn: quinn::Connection,
         dialer: DeviceId,
+        version: u32,
     ) -> bool {
         let Ok(mut peers) = self.peers.lock() else { return false };
         if let Some(existing) = peers.get(&peer).filter(|e| e.conn.close_reason().is_none()) {
@@ -372,7 +376,7 @@ impl Inner {
             );
         }
         let slots = Arc::new(tokio::sync::Semaphore::new(tandem_proto::wire::MAX_IN_FLIGHT));
-        peers.insert(peer, PeerEntry { conn, dialer, slots });
+        peers.insert(peer, PeerEntry { conn, dialer, slots, version });
         if let Ok(mut links) = self.links.lock() {
             links.insert(peer, PeerLink { connected: true, since: now_secs() });
         }
@@ -441,6 +445,12 @@ impl Inner {
     /// The live connection to `peer`, if any.
     pub fn connection(&self, peer: &DeviceId) -> Option<quinn::Connection> {
         self.link(peer).map(|(conn, _)| conn)
+    }
+
+    /// The protocol version spoken on the live connection to `peer` (0 when none).
+    pub(crate) fn speaks(&self, peer: &DeviceId) -> u32 {
+        let Ok(peers) = self.peers.lock() else { return 0 };
+        peers.get(peer).filter(|e| e.conn.close_reason().is_none()).map_or(0, |e| e.version)
     }
 
     /// The live connection to `peer` and the request slots that go with it.

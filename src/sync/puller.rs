@@ -24,11 +24,14 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use tandem_proto::model::{ChunkRef, DeviceId, FileRecord, FolderId, Hash, RelPath};
 use tandem_proto::rules::LocalChunk;
-use tandem_proto::wire::{CloseCode, ErrorCode, MAX_REQUEST, Message, Request, ResponseBody};
+use tandem_proto::wire::{
+    CloseCode, DeltaRequest, EDITS_VERSION, ErrorCode, MAX_REQUEST, Message, Request, ResponseBody,
+};
 
 use crate::net::conn::{FramedRecv, FramedSend};
 use crate::store::{ChunkLocation, Index, LocalRecord, Snapshot};
 use crate::sync::Inner;
+use crate::sync::delta::{DELTA_MIN_CHUNK, OldPieces};
 use crate::sync::writer::{ApplyError, FolderFs, io_at};
 
 /// Requests in flight per file.
@@ -58,7 +61,7 @@ pub(crate) async fn pull_file(inner: &Arc<Inner>, job: PullJob) -> Result<(), Ap
         return pull_single(inner, job, only).await;
     }
     let job = Arc::new(job);
-    let (file, missing, digest) = {
+    let (file, missing, digest, old) = {
         let (inner, job) = (inner.clone(), job.clone());
         blocking(move || prepare(&inner, &job)).await??
     };
@@ -71,7 +74,7 @@ pub(crate) async fn pull_file(inner: &Arc<Inner>, job: PullJob) -> Result<(), Ap
         digest: Mutex::new(digest),
         writing_back: AtomicBool::new(false),
     });
-    fetch_chunks(inner, &job, &assembly, missing).await?;
+    fetch_chunks(inner, &job, &assembly, missing, old).await?;
     blocking(move || {
         let digest = assembly.digest.lock().map_err(|_| poisoned())?.take();
         digest.finish(&assembly.file, &job.record)?;
@@ -238,13 +241,13 @@ impl Digest {
 }
 
 /// Opens the temp file and fills what is already available locally; returns the chunks
-/// still missing (with their index in the record) and the whole-file hash of the prefix
-/// that is complete.
+/// still missing (with their index in the record), the whole-file hash of the prefix that
+/// is complete, and the pieces of the old version that edge chunks may be rebuilt from.
 #[allow(clippy::type_complexity)]
 fn prepare(
     inner: &Inner,
     job: &PullJob,
-) -> Result<(File, Vec<(usize, ChunkRef)>, Digest), ApplyError> {
+) -> Result<(File, Vec<(usize, ChunkRef)>, Digest, Option<Arc<OldSource>>), ApplyError> {
     let (file, existed) = job.fs.open_temp(&job.record)?;
     let chunks = &job.record.chunks;
     let mut digest = Digest::new(chunks.len());
@@ -285,7 +288,39 @@ fn prepare(
             digest.landed(idx, Some(bytes), chunks);
         }
     }
-    Ok((file, missing, digest))
+    let old = old_source(job, &missing);
+    Ok((file, missing, digest, old))
+}
+
+/// The old version of a file, kept open while its new version is assembled, with the
+/// pieces of it the new version dropped (`sync::delta`).
+struct OldSource {
+    file: File,
+    pieces: OldPieces,
+}
+
+/// True when the chunk at `idx` is missing next to one that is not: where an edit begins or
+/// ends, so its bytes are partly the old version's.
+fn is_edge(missing: &[(usize, ChunkRef)], at: usize, chunks: usize) -> bool {
+    let idx = missing[at].0;
+    let before = at.checked_sub(1).map(|b| missing[b].0);
+    let after = missing.get(at + 1).map(|m| m.0);
+    (idx > 0 && before != Some(idx - 1)) || (idx + 1 < chunks && after != Some(idx + 1))
+}
+
+/// The old version's pieces, when some missing chunk is an edge worth a delta and the old
+/// version is still at the path (a partly edited file, not a new one).
+fn old_source(job: &PullJob, missing: &[(usize, ChunkRef)]) -> Option<Arc<OldSource>> {
+    let n = job.record.chunks.len();
+    let wanted = (0..missing.len())
+        .any(|at| missing[at].1.len >= DELTA_MIN_CHUNK && is_edge(missing, at, n));
+    let old = job.indexed.as_ref().map(|l| &l.record)?;
+    if !wanted || old.deleted || old.chunks.len() < 2 || job.fs.check_parents(&old.path).is_err() {
+        return None;
+    }
+    let file = open_nofollow(&job.fs.abs(&old.path)).ok()?;
+    let pieces = OldPieces::of(&file, old, &job.record);
+    (!pieces.have.is_empty()).then(|| Arc::new(OldSource { file, pieces }))
 }
 
 /// The whole content of `job.record` from a local file with the same content — a renamed or
@@ -437,31 +472,44 @@ async fn fetch_chunks(
     job: &PullJob,
     assembly: &Arc<Assembly>,
     missing: Vec<(usize, ChunkRef)>,
+    old: Option<Arc<OldSource>>,
 ) -> Result<(), ApplyError> {
     if missing.is_empty() {
         return Ok(());
     }
     connected_source(inner, job)?;
-    let fetches = missing.into_iter().map(|(idx, chunk)| async move {
-        let data = fetch_chunk(inner, idx, job, &chunk).await?;
-        let at = io_at(&job.record.path);
-        assembly.file.write_all_at(&data, chunk.offset).map_err(at)?;
-        let flush = {
-            let mut digest = assembly.digest.lock().map_err(|_| poisoned())?;
-            digest.landed(idx, Some(&data), &job.record.chunks);
-            digest
-                .catch_up(&assembly.file, &job.record.chunks, CATCH_UP_BUDGET)
-                .map_err(io_at(&job.record.path))?;
-            digest.unflushed += u64::from(chunk.len);
-            digest.unflushed >= WRITEBACK_EVERY && {
-                digest.unflushed = 0;
-                true
+    let n = job.record.chunks.len();
+    let edges: Vec<bool> = (0..missing.len()).map(|at| is_edge(&missing, at, n)).collect();
+    let fetches = missing.into_iter().zip(edges).map(|((idx, chunk), edge)| {
+        let old = old.clone().filter(|_| edge && chunk.len >= DELTA_MIN_CHUNK);
+        async move {
+            let delta = match old {
+                Some(old) => fetch_delta(inner, job, &chunk, old).await,
+                None => None,
+            };
+            let data = match delta {
+                Some(data) => data,
+                None => fetch_chunk(inner, idx, job, &chunk).await?,
+            };
+            let at = io_at(&job.record.path);
+            assembly.file.write_all_at(&data, chunk.offset).map_err(at)?;
+            let flush = {
+                let mut digest = assembly.digest.lock().map_err(|_| poisoned())?;
+                digest.landed(idx, Some(&data), &job.record.chunks);
+                digest
+                    .catch_up(&assembly.file, &job.record.chunks, CATCH_UP_BUDGET)
+                    .map_err(io_at(&job.record.path))?;
+                digest.unflushed += u64::from(chunk.len);
+                digest.unflushed >= WRITEBACK_EVERY && {
+                    digest.unflushed = 0;
+                    true
+                }
+            };
+            if flush {
+                start_writeback(assembly);
             }
-        };
-        if flush {
-            start_writeback(assembly);
+            Ok::<(), ApplyError>(())
         }
-        Ok::<(), ApplyError>(())
     });
     let mut results = stream::iter(fetches).buffer_unordered(PIPELINE);
     while let Some(result) = results.next().await {
@@ -516,7 +564,14 @@ async fn fetch_chunk(
             size: chunk.len,
             hash: chunk.hash,
         };
-        match request_once(inner, &conn, request).await {
+        let id = request.id;
+        let answer = match request_once(inner, &conn, Message::Request(request), id).await {
+            Ok(ResponseBody::Data(data)) => Ok(data),
+            Ok(ResponseBody::Error(code)) => Err(code.to_string()),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e),
+        };
+        match answer {
             Ok(data) if Hash::of(&data) == chunk.hash => {
                 inner.stats.network.fetch_add(data.len() as u64, Ordering::Relaxed);
                 return Ok(data);
@@ -537,6 +592,51 @@ async fn fetch_chunk(
     Err(ApplyError::NoSource(job.record.path.clone()))
 }
 
+/// An edge chunk as a delta against the old version's pieces, from the first connected
+/// source that speaks protocol v2; `None` (fetch it whole) when there is none or anything
+/// fails, the rebuilt chunk included.
+async fn fetch_delta(
+    inner: &Inner,
+    job: &PullJob,
+    chunk: &ChunkRef,
+    old: Arc<OldSource>,
+) -> Option<Vec<u8>> {
+    let device = job.sources.iter().find(|d| inner.speaks(d) >= EDITS_VERSION)?;
+    let (conn, slots) = inner.link(device)?;
+    let _slot = slots.acquire_owned().await.ok()?;
+    let request = Request {
+        id: inner.next_request_id(),
+        folder: job.folder.clone(),
+        path: job.record.path.clone(),
+        offset: chunk.offset,
+        size: chunk.len,
+        hash: chunk.hash,
+    };
+    let id = request.id;
+    let message = Message::DeltaRequest(DeltaRequest { request, have: old.pieces.have.clone() });
+    let ops = match request_once(inner, &conn, message, id).await {
+        Ok(ResponseBody::Delta(ops)) => ops,
+        other => {
+            tracing::debug!("{}: delta of chunk at {}: {other:?}", job.record.path, chunk.offset);
+            return None;
+        }
+    };
+    let chunk = *chunk;
+    let rebuilt = blocking(move || old.pieces.rebuild(&old.file, ops, &chunk)).await.ok()?;
+    let Some((data, wire)) = rebuilt else {
+        inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "{}: the delta of chunk at {} did not rebuild it; fetching it whole",
+            job.record.path,
+            chunk.offset
+        );
+        return None;
+    };
+    inner.stats.network.fetch_add(wire, Ordering::Relaxed);
+    inner.stats.reused.fetch_add(u64::from(chunk.len) - wire, Ordering::Relaxed);
+    Some(data)
+}
+
 /// Longest wait for one response.
 const REQUEST_LIMIT: Duration = Duration::from_secs(600);
 
@@ -552,9 +652,10 @@ fn stall_limit(inner: &Inner) -> Duration {
 async fn request_once(
     inner: &Inner,
     conn: &quinn::Connection,
-    request: Request,
-) -> Result<Vec<u8>, String> {
-    let exchange = exchange(conn, request);
+    request: Message,
+    id: u64,
+) -> Result<ResponseBody, String> {
+    let exchange = exchange(conn, request, id);
     tokio::pin!(exchange);
     let stall = stall_limit(inner);
     let started = tokio::time::Instant::now();
@@ -576,19 +677,19 @@ async fn request_once(
     }
 }
 
-/// The request and its response on a new stream.
-async fn exchange(conn: &quinn::Connection, request: Request) -> Result<Vec<u8>, String> {
-    let id = request.id;
+/// The request and its response (with the request's `id`) on a new stream.
+async fn exchange(
+    conn: &quinn::Connection,
+    request: Message,
+    id: u64,
+) -> Result<ResponseBody, String> {
     let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut tx = FramedSend::new(send);
-    tx.send(&Message::Request(request)).await.map_err(|e| e.to_string())?;
+    tx.send(&request).await.map_err(|e| e.to_string())?;
     tx.finish().map_err(|e| e.to_string())?;
     let mut rx = FramedRecv::new(recv);
     match rx.recv().await.map_err(|e| e.to_string())? {
-        Some(Message::Response(r)) if r.id == id => match r.body {
-            ResponseBody::Data(data) => Ok(data),
-            ResponseBody::Error(code) => Err(code.to_string()),
-        },
+        Some(Message::Response(r)) if r.id == id => Ok(r.body),
         other => Err(format!("unexpected answer {other:?}")),
     }
 }

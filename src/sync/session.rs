@@ -126,7 +126,7 @@ async fn session(
         )));
     }
     let dialer = if dialed_by_us { inner.device } else { peer };
-    if !inner.register(peer, conn.clone(), dialer) {
+    if !inner.register(peer, conn.clone(), dialer, version) {
         return Err(ProtocolError::Duplicate);
     }
     tracing::info!(%peer, "connected to {} ({}) at {}", theirs.device_name, theirs.client_version, conn.remote_address());
@@ -142,8 +142,8 @@ async fn session(
         &peer,
         PeerState { shared: shared.keys().cloned().collect(), received_index: Vec::new() },
     );
-    let server = tokio::spawn(serve_requests(inner.clone(), conn.clone(), peer));
     let edits = version >= EDITS_VERSION;
+    let server = tokio::spawn(serve_requests(inner.clone(), conn.clone(), peer, edits));
     // answers are bounded (a flood of Resend closes the connection); our own asks are at
     // most one per record the peer sent, each path pending at most once
     let (answer_tx, answer_rx) = mpsc::channel(MAX_RESENDS_WAITING);
@@ -286,6 +286,7 @@ async fn send_again(
     let mut records = Vec::new();
     {
         let snapshot = inner.index.snapshot().map_err(store)?;
+        let paths: std::collections::BTreeSet<_> = paths.iter().collect();
         for path in paths {
             records.extend(snapshot.record(folder.as_str(), path).map_err(store)?);
         }
@@ -607,13 +608,14 @@ fn kind(message: &Message) -> &'static str {
         Message::Close(_) => "Close",
         Message::IndexEdits(_) => "IndexEdits",
         Message::Resend(_) => "Resend",
+        Message::DeltaRequest(_) => "DeltaRequest",
     }
 }
 
 /// Answers the peer's requests, at most `MAX_IN_FLIGHT` at once. Requests an honest peer
 /// never sends (too many at once, over the size limit) are refused and logged, once per
 /// connection and kind so a flood cannot flood the log.
-async fn serve_requests(inner: Arc<Inner>, conn: quinn::Connection, peer: DeviceId) {
+async fn serve_requests(inner: Arc<Inner>, conn: quinn::Connection, peer: DeviceId, v2: bool) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let logged = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
     while let Ok((send, recv)) = conn.accept_bi().await {
@@ -621,7 +623,11 @@ async fn serve_requests(inner: Arc<Inner>, conn: quinn::Connection, peer: Device
         tokio::spawn(async move {
             let permit = slots.try_acquire();
             let (mut tx, mut rx) = (FramedSend::new(send), FramedRecv::new(recv));
-            let Ok(Some(Message::Request(request))) = rx.recv().await else { return };
+            let (request, delta) = match rx.recv().await {
+                Ok(Some(Message::Request(request))) => (request, None),
+                Ok(Some(Message::DeltaRequest(d))) if v2 => (d.request.clone(), Some(d)),
+                _ => return,
+            };
             let body = match permit {
                 Err(_) => {
                     if !logged[0].swap(true, Ordering::Relaxed) {
@@ -635,7 +641,7 @@ async fn serve_requests(inner: Arc<Inner>, conn: quinn::Connection, peer: Device
                     }
                     ResponseBody::Error(tandem_proto::wire::ErrorCode::Invalid)
                 }
-                Ok(_) => answer(&inner, &peer, &request).await,
+                Ok(_) => answer(&inner, &peer, &request, delta).await,
             };
             let _ = tx.send(&Message::Response(Response { id: request.id, body })).await;
             let _ = tx.finish();
@@ -643,10 +649,13 @@ async fn serve_requests(inner: Arc<Inner>, conn: quinn::Connection, peer: Device
     }
 }
 
+/// Reads the bytes of `request` (or, for a delta request, its chunk as a delta against the
+/// pieces the peer has) on the blocking pool.
 async fn answer(
     inner: &Arc<Inner>,
     peer: &DeviceId,
     request: &tandem_proto::wire::Request,
+    delta: Option<tandem_proto::wire::DeltaRequest>,
 ) -> ResponseBody {
     let Some(root) = inner.folder_root_shared_with(&request.folder, peer) else {
         return ResponseBody::Error(tandem_proto::wire::ErrorCode::NotShared);
@@ -654,6 +663,26 @@ async fn answer(
     let request = request.clone();
     if inner.faults.response_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(inner.faults.response_delay_ms)).await;
+    }
+    if let Some(delta) = delta {
+        let read = tokio::task::spawn_blocking(move || {
+            crate::sync::delta::answer(&FolderFs::new(root), &delta)
+        })
+        .await;
+        return match read {
+            Ok(ResponseBody::Delta(mut ops)) if inner.faults.corrupt_responses => {
+                let first = ops.iter_mut().find_map(|op| match op {
+                    tandem_proto::wire::DeltaOp::Bytes(bytes) => bytes.first_mut(),
+                    tandem_proto::wire::DeltaOp::Have(_) => None,
+                });
+                if let Some(first) = first {
+                    *first ^= 0xFF;
+                }
+                ResponseBody::Delta(ops)
+            }
+            Ok(body) => body,
+            Err(_) => ResponseBody::Error(tandem_proto::wire::ErrorCode::Io),
+        };
     }
     let read =
         tokio::task::spawn_blocking(move || serve_read(&FolderFs::new(root), &request)).await;

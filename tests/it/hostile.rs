@@ -18,9 +18,9 @@ use tandem_proto::model::{
     ChunkRef, EntryKind, FileRecord, FolderId, Hash, RelPath, ShortId, VersionVector,
 };
 use tandem_proto::wire::{
-    ChunkEdit, ChunkOp, ClusterConfig, EditBatch, EditedRecord, ErrorCode, FolderShare, Hello,
-    IndexBatch, MAX_EDITED_CHUNKS, MAX_FRAME, MAX_IN_FLIGHT, Message, NewChunk, Request, Response,
-    ResponseBody, decode_frame, encode_frame,
+    ChunkEdit, ChunkOp, ClusterConfig, DeltaOp, DeltaRequest, EditBatch, EditedRecord, ErrorCode,
+    FolderShare, Hello, IndexBatch, MAX_EDITED_CHUNKS, MAX_FRAME, MAX_HAVE, MAX_IN_FLIGHT, Message,
+    NewChunk, Request, Response, ResponseBody, decode_frame, encode_frame,
 };
 
 use crate::support::{Device, Rng, proc_status_kib, random_bytes, wait_until};
@@ -797,5 +797,67 @@ fn chunk_list_edits_that_break_the_protocol_are_refused_and_nothing_is_written()
     }
     assert!(!victim.path("v1.bin").exists(), "v1.bin was written");
     assert_eq!(std::fs::read(victim.path("big.bin")).unwrap(), base_data);
+    assert_survived(&victim, &honest, &serve.log_text());
+}
+
+/// Sends one delta request on a new stream; the response body, or `None` when the stream
+/// ends without one.
+async fn ask_delta(conn: &quinn::Connection, request: DeltaRequest) -> Option<ResponseBody> {
+    let id = request.request.id;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode_frame(&Message::DeltaRequest(request)).unwrap()).await.unwrap();
+    send.finish().unwrap();
+    let bytes = recv.read_to_end(MAX_FRAME + 4).await.ok()?;
+    match decode_frame(&bytes).ok()? {
+        Message::Response(r) if r.id == id => Some(r.body),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+#[test]
+fn delta_requests_are_answered_only_on_v2_and_only_within_their_limits() {
+    let (victim, mallory, honest) = victim_mallory_honest();
+    let data = random_bytes(41, 200_000);
+    victim.write("big.bin", &data);
+    let serve = victim.serve();
+    let chunk = &data[..65_536];
+    let request = Request {
+        id: 5,
+        folder: FolderId::new("docs").unwrap(),
+        path: RelPath::new("big.bin").unwrap(),
+        offset: 0,
+        size: chunk.len() as u32,
+        hash: Hash::of(chunk),
+    };
+    // the first 4 KiB as a piece mallory claims to have: whatever the cut points, the
+    // answer rebuilds the chunk from it and the bytes sent
+    let have = vec![NewChunk { len: 4096, hash: Hash::of(&chunk[..4096]) }];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (v1, within, over) = runtime.block_on(async {
+        let old = open_session_speaking(&mallory, &victim, &["docs"], 1).await;
+        let v1 =
+            ask_delta(&old.conn, DeltaRequest { request: request.clone(), have: have.clone() })
+                .await;
+        let new = open_session_speaking(&mallory, &victim, &["docs"], 2).await;
+        let within =
+            ask_delta(&new.conn, DeltaRequest { request: request.clone(), have: have.clone() })
+                .await;
+        let flood = vec![have[0]; MAX_HAVE + 1];
+        let over =
+            ask_delta(&new.conn, DeltaRequest { request: request.clone(), have: flood }).await;
+        (v1, within, over)
+    });
+    assert_eq!(v1, None, "a v1 connection answered a delta request");
+    assert_eq!(over, Some(ResponseBody::Error(ErrorCode::Invalid)));
+    let Some(ResponseBody::Delta(ops)) = within else { panic!("no delta: {within:?}") };
+    let mut rebuilt = Vec::new();
+    for op in ops {
+        match op {
+            DeltaOp::Have(0) => rebuilt.extend_from_slice(&chunk[..4096]),
+            DeltaOp::Have(n) => panic!("piece {n} was never offered"),
+            DeltaOp::Bytes(bytes) => rebuilt.extend_from_slice(&bytes),
+        }
+    }
+    assert_eq!(rebuilt, chunk);
     assert_survived(&victim, &honest, &serve.log_text());
 }

@@ -10,12 +10,20 @@ use crate::model::{FileRecord, FolderId, Hash, RelPath};
 use crate::wire::edit::ChunkEdit;
 
 /// The highest protocol version this implementation speaks. Version 2 adds
-/// [`Message::IndexEdits`] and [`Message::Resend`]; a connection whose peer speaks only 1
-/// uses neither (PROTOCOL.md §9.2).
+/// [`Message::IndexEdits`], [`Message::Resend`] and [`Message::DeltaRequest`]; a connection
+/// whose peer speaks only 1 uses none of them (PROTOCOL.md §9.2).
 pub const PROTOCOL_VERSION: u32 = 2;
 
-/// The first protocol version with [`Message::IndexEdits`] and [`Message::Resend`].
+/// The first protocol version with [`Message::IndexEdits`], [`Message::Resend`] and
+/// [`Message::DeltaRequest`].
 pub const EDITS_VERSION: u32 = 2;
+
+/// Most pieces a [`DeltaRequest`] may say the requester has.
+pub const MAX_HAVE: usize = 4096;
+
+/// Piece sizes of a delta (PROTOCOL.md §10.1): FastCDC 2020, normalization level 1, with
+/// these minimum, average and maximum sizes, cutting a chunk from its first byte.
+pub const PIECE_SIZES: (u32, u32, u32) = (1 << 10, 4 << 10, 16 << 10);
 
 /// The TLS ALPN protocol id.
 pub const ALPN: &[u8] = b"tandem/1";
@@ -54,6 +62,9 @@ pub enum Message {
     IndexEdits(EditBatch),
     /// (v2) The receiver could not rebuild these records' chunk lists: send them in full.
     Resend(Resend),
+    /// (v2) A request for a chunk as a delta against pieces the requester has (on its own
+    /// stream, answered by a [`Response`] whose body is [`ResponseBody::Delta`]).
+    DeltaRequest(DeltaRequest),
 }
 
 /// Opening message.
@@ -145,6 +156,25 @@ pub struct Request {
     pub hash: Hash,
 }
 
+/// (v2) A request for the chunk of `request`, told as pieces the requester already has
+/// (`have`, by length and hash) and the bytes of the others.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaRequest {
+    /// The chunk, as a plain [`Request`] would ask for it.
+    pub request: Request,
+    /// Pieces the requester holds, at most [`MAX_HAVE`]; [`DeltaOp::Have`] indexes them.
+    pub have: Vec<crate::wire::NewChunk>,
+}
+
+/// (v2) One piece of a chunk sent as a delta, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeltaOp {
+    /// The requester's piece `have[n]`.
+    Have(u32),
+    /// Bytes the requester does not have.
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
 /// The answer to a [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
@@ -162,6 +192,9 @@ pub enum ResponseBody {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The request failed.
     Error(ErrorCode),
+    /// (v2, only in answer to a [`DeltaRequest`]) the chunk as pieces the requester has and
+    /// bytes it has not.
+    Delta(Vec<DeltaOp>),
 }
 
 /// Why a request failed. The variant order is the on-wire tag: only append.

@@ -14,7 +14,8 @@ mod tests;
 pub use edit::{ChunkEdit, ChunkOp, EditError, MAX_EDITED_CHUNKS, NewChunk};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME, decode_frame, encode_frame};
 pub use message::{
-    ALPN, Close, CloseCode, ClusterConfig, EDITS_VERSION, EditBatch, EditedRecord, ErrorCode,
-    FolderShare, Hello, IndexBatch, MAX_IN_FLIGHT, MAX_INDEX_BATCH, MAX_REQUEST, Message,
-    PROTOCOL_VERSION, Request, Resend, Response, ResponseBody,
+    ALPN, Close, CloseCode, ClusterConfig, DeltaOp, DeltaRequest, EDITS_VERSION, EditBatch,
+    EditedRecord, ErrorCode, FolderShare, Hello, IndexBatch, MAX_HAVE, MAX_IN_FLIGHT,
+    MAX_INDEX_BATCH, MAX_REQUEST, Message, PIECE_SIZES, PROTOCOL_VERSION, Request, Resend,
+    Response, ResponseBody,
 };

@@ -17,9 +17,9 @@ use crate::model::{
     VersionVector,
 };
 use crate::wire::{
-    ChunkEdit, ChunkOp, Close, CloseCode, ClusterConfig, EditBatch, EditedRecord, ErrorCode,
-    FolderShare, FrameDecoder, FrameError, Hello, IndexBatch, MAX_FRAME, Message, NewChunk,
-    Request, Resend, Response, ResponseBody, decode_frame, encode_frame,
+    ChunkEdit, ChunkOp, Close, CloseCode, ClusterConfig, DeltaOp, DeltaRequest, EditBatch,
+    EditedRecord, ErrorCode, FolderShare, FrameDecoder, FrameError, Hello, IndexBatch, MAX_FRAME,
+    Message, NewChunk, Request, Resend, Response, ResponseBody, decode_frame, encode_frame,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -131,6 +131,17 @@ fn index_edits() -> Message {
         folder: folder(),
         records: vec![EditedRecord { record, edit: Some(edit) }],
     })
+}
+
+fn delta_request() -> Message {
+    let Message::Request(request) = request() else { unreachable!() };
+    let have = vec![NewChunk { len: 4096, hash: Hash::from_bytes([0xEE; 32]) }];
+    Message::DeltaRequest(DeltaRequest { request, have })
+}
+
+fn response_delta() -> Message {
+    let ops = vec![DeltaOp::Have(0), DeltaOp::Bytes(b"new".to_vec())];
+    Message::Response(Response { id: 42, body: ResponseBody::Delta(ops) })
 }
 
 fn resend() -> Message {
@@ -410,11 +421,26 @@ fn golden() -> Vec<(&'static str, Message, Vec<u8>)> {
             ]),
         ),
         ("resend", resend(), cat(&[&[0x09], b"\x04docs", &[0x01], b"\x07a/b.txt"])),
+        (
+            "delta_request",
+            delta_request(),
+            cat(&[
+                &[0x0A],                         // DeltaRequest
+                &codec::encode(&request())[1..], // the Request's fields (no tag)
+                &[0x01, 0xFB, 0x00, 0x10],       // 1 piece held: len 4096
+                &[0xEE; 32],                     //   its hash
+            ]),
+        ),
+        (
+            "response_delta",
+            response_delta(),
+            cat(&[&[0x05, 0x2A, 0x02, 0x02, 0x00, 0x00, 0x01, 0x03], b"new"]),
+        ),
     ]
 }
 
 /// Messages that protocol version 2 added: their fixtures live in `fixtures/wire-v2`.
-const V2_MESSAGES: [&str; 2] = ["index_edits", "resend"];
+const V2_MESSAGES: [&str; 4] = ["index_edits", "resend", "delta_request", "response_delta"];
 
 fn file_record_bytes() -> Vec<u8> {
     cat(&[
@@ -692,6 +718,18 @@ fn arb_close_code() -> impl Strategy<Value = CloseCode> {
     ]
 }
 
+fn arb_request() -> impl Strategy<Value = Request> {
+    (any::<u64>(), arb_folder_id(), arb_rel_path(), any::<u64>(), any::<u32>(), arb_hash())
+        .prop_map(|(id, folder, path, offset, size, hash)| Request {
+            id,
+            folder,
+            path,
+            offset,
+            size,
+            hash,
+        })
+}
+
 fn arb_message() -> impl Strategy<Value = Message> {
     let share = (arb_folder_id(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
         |(id, index_id, seen_index_id, seen_sequence)| FolderShare {
@@ -701,19 +739,15 @@ fn arb_message() -> impl Strategy<Value = Message> {
             seen_sequence,
         },
     );
-    let request =
-        (any::<u64>(), arb_folder_id(), arb_rel_path(), any::<u64>(), any::<u32>(), arb_hash())
-            .prop_map(|(id, folder, path, offset, size, hash)| Request {
-                id,
-                folder,
-                path,
-                offset,
-                size,
-                hash,
-            });
+    let (request, request_again) = (arb_request(), arb_request());
+    let op = prop_oneof![
+        any::<u32>().prop_map(DeltaOp::Have),
+        proptest::collection::vec(any::<u8>(), 0..16).prop_map(DeltaOp::Bytes),
+    ];
     let body = prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(ResponseBody::Data),
         arb_error_code().prop_map(ResponseBody::Error),
+        proptest::collection::vec(op, 0..4).prop_map(ResponseBody::Delta),
     ];
     prop_oneof![
         (any::<u32>(), ".{0,20}", ".{0,20}").prop_map(
@@ -742,6 +776,12 @@ fn arb_message() -> impl Strategy<Value = Message> {
             })),
         (arb_folder_id(), proptest::collection::vec(arb_rel_path(), 0..3))
             .prop_map(|(folder, paths)| Message::Resend(Resend { folder, paths })),
+        (request_again, proptest::collection::vec((any::<u32>(), arb_hash()), 0..3)).prop_map(
+            |(request, have)| Message::DeltaRequest(DeltaRequest {
+                request,
+                have: have.into_iter().map(|(len, hash)| NewChunk { len, hash }).collect(),
+            })
+        ),
     ]
 }
 
