@@ -170,6 +170,10 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
         }
     };
     control::remove(home);
+    // peers hear our last index updates before we go: after a one-shot sync the serving
+    // side knows this device has what it took (else its status, and the edit bases of its
+    // next updates to us, would lag one version behind)
+    inner.close_sessions(Duration::from_secs(3)).await;
     endpoint.close(CloseCode::Shutdown.as_u32(), "shutdown");
     sup.stop_all();
     tasks.abort_all();

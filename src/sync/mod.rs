@@ -216,6 +216,9 @@ pub struct Inner {
     pub started: u64,
     /// Bumped after every local index change; sessions send updates when it moves.
     pub local_changes: watch::Sender<u64>,
+    /// Set when the daemon is about to exit: sessions send what they have not sent yet and
+    /// a `Close`, so peers learn this device's last state (see `close_sessions`).
+    pub closing: watch::Sender<bool>,
     /// Byte counters.
     pub stats: Stats,
     /// Fault injection for tests (from environment variables).
@@ -246,6 +249,9 @@ pub struct Faults {
     /// `TANDEM_TEST_FIRST_PING_DELAY_MS=N`: end the initial index exchange (its Ping) N ms
     /// after the records, as a slow link or a busy peer would.
     pub first_ping_delay_ms: u64,
+    /// `TANDEM_TEST_UPDATE_DELAY_MS=N`: send index updates N ms after a local change, as a
+    /// busy sender would (a daemon that exits meanwhile must still send them).
+    pub update_delay_ms: u64,
 }
 
 impl Faults {
@@ -269,6 +275,10 @@ impl Faults {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            update_delay_ms: std::env::var("TANDEM_TEST_UPDATE_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         };
         let active = faults.corrupt_responses
             || faults.response_delay_ms > 0
@@ -276,7 +286,8 @@ impl Faults {
             || faults.stall_secs.is_some()
             || faults.clock_skew_secs != 0
             || faults.redial_secs.is_some()
-            || faults.first_ping_delay_ms > 0;
+            || faults.first_ping_delay_ms > 0
+            || faults.update_delay_ms > 0;
         if active {
             tracing::warn!("TEST FAULTS ACTIVE: {faults:?}");
         }
@@ -304,6 +315,7 @@ impl Inner {
             rounds: watch::Sender::new(0),
             started: now_secs(),
             local_changes: watch::Sender::new(0),
+            closing: watch::Sender::new(false),
             stats: Stats::default(),
             faults: Faults::from_env(),
             request_ids: AtomicU64::new(1),
@@ -445,6 +457,23 @@ impl Inner {
     /// The live connection to `peer`, if any.
     pub fn connection(&self, peer: &DeviceId) -> Option<quinn::Connection> {
         self.link(peer).map(|(conn, _)| conn)
+    }
+
+    /// Asks every session to send its last updates and close, and waits until the peers
+    /// have closed the connections (they close on our `Close`, after reading what came
+    /// before it) or `limit` has passed.
+    pub async fn close_sessions(&self, limit: Duration) {
+        self.closing.send_replace(true);
+        let live = || {
+            self.peers
+                .lock()
+                .map(|peers| peers.values().filter(|e| e.conn.close_reason().is_none()).count())
+                .unwrap_or(0)
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        while live() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The protocol version spoken on the live connection to `peer` (0 when none).

@@ -76,7 +76,7 @@ pub(crate) async fn run(
 ) {
     let result = session(&inner, &conn, peer, dialed_by_us).await;
     let (code, reason) = match &result {
-        Ok(()) => (CloseCode::Shutdown, "shutdown".to_string()),
+        Ok(()) | Err(ProtocolError::Closed(_)) => (CloseCode::Shutdown, "shutdown".to_string()),
         Err(ProtocolError::Duplicate) => (CloseCode::Duplicate, "duplicate connection".to_string()),
         Err(e) => (CloseCode::ProtocolError, e.to_string()),
     };
@@ -91,6 +91,9 @@ pub(crate) async fn run(
     };
     match &result {
         Err(ProtocolError::Duplicate) | Ok(()) => tracing::debug!(%peer, "session ended: {reason}"),
+        Err(ProtocolError::Closed(why)) => {
+            tracing::info!(%peer, "{peer} closed the connection: {why}")
+        }
         Err(_) if orderly => tracing::info!(%peer, "{peer} disconnected"),
         Err(e) => tracing::warn!(%peer, "session with {peer} ended: {e}"),
     }
@@ -229,6 +232,7 @@ async fn send_index(
     mut sending: Sending,
 ) -> Result<(), ProtocolError> {
     let mut changes = inner.local_changes.subscribe();
+    let mut closing = inner.closing.subscribe();
     let mut sent: BTreeMap<FolderId, u64> = BTreeMap::new();
     for (folder, theirs) in &shared {
         let meta = inner
@@ -254,11 +258,26 @@ async fn send_index(
             let last = send_since(&inner, &mut tx, folder, since, false, false, &to).await?;
             sent.insert(folder.clone(), last.max(since));
         }
+        if *closing.borrow_and_update() {
+            // everything up to now is sent (above): say goodbye; the peer closes the
+            // connection once it has read it all (PROTOCOL.md §9.7)
+            let close = Close { code: CloseCode::Shutdown, reason: "shutdown".into() };
+            tx.send(&Message::Close(close)).await?;
+            return Ok(());
+        }
         let outgoing = tokio::select! {
             changed = changes.changed() => match changed {
+                Ok(()) if inner.faults.update_delay_ms > 0 => {
+                    let delay = Duration::from_millis(inner.faults.update_delay_ms);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => continue,
+                        _ = closing.changed() => continue,
+                    }
+                }
                 Ok(()) => continue,
                 Err(_) => return Ok(()),
             },
+            _ = closing.changed() => continue,
             Some(out) = sending.answers.recv() => out,
             Some(out) = sending.asks.recv() => out,
         };

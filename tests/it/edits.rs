@@ -60,12 +60,14 @@ fn an_insertion_into_a_big_file_sends_only_the_changed_part_of_its_chunk_list() 
     assert!(second.network >= 100 << 10, "{second:?}");
     assert!(second.network < (100 << 10) + (48 << 10), "edge chunks came whole: {second:?}");
     // and a took b's record of the new version (sent back as an edit of a's own record)
-    let on_a = || {
-        let out = a.ok(&["status", "--json"]);
-        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
-        status.to_string().contains("\"completion\":100")
-    };
-    assert!(wait_until(30, on_a), "a never saw b complete: {}", serve.log_text());
+    // before b's one-shot sync exited: a one-shot flushes its updates and closes in order
+    let status: serde_json::Value = serde_json::from_str(&a.ok(&["status", "--json"])).unwrap();
+    assert_eq!(
+        status["folders"][0]["peers"][0]["completion"],
+        100.0,
+        "{status}\n{}",
+        serve.log_text()
+    );
     assert!(!serve.log_text().contains("protocol violation"), "{}", serve.log_text());
 }
 
@@ -109,4 +111,25 @@ fn an_edit_whose_base_changed_meanwhile_is_asked_for_again_and_the_conflict_conv
     assert_eq!(copies.len(), 1, "{copies:?}");
     let kept = [fs::read(b.path("big.bin")).unwrap(), fs::read(b.path(&copies[0])).unwrap()];
     assert!(kept.contains(&on_a) && kept.contains(&on_b), "a version was lost");
+}
+
+#[test]
+fn a_one_shot_sync_sends_its_last_index_updates_before_it_exits() {
+    let (a, b) = pair();
+    a.write("f.bin", &random_bytes(31, 100_000));
+    let serve = a.serve();
+    // b's updates after a change wait 30 s (a busy sender): only the goodbye flushes them
+    let out = b
+        .command()
+        .args(["sync", "--timeout", "60", "--log-level", "info"])
+        .env("TANDEM_TEST_UPDATE_DELAY_MS", "30000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sync failed:\n{stderr}");
+    assert!(b.path("f.bin").exists());
+    // the moment b is gone, a already holds b's record of f.bin: it sees b complete
+    let status: serde_json::Value = serde_json::from_str(&a.ok(&["status", "--json"])).unwrap();
+    let b_on_a = &status["folders"][0]["peers"][0];
+    assert_eq!(b_on_a["completion"], 100.0, "{status}\n{stderr}\n{}", serve.log_text());
 }
