@@ -592,36 +592,50 @@ async fn fetch_chunk(
     Err(ApplyError::NoSource(job.record.path.clone()))
 }
 
-/// An edge chunk as a delta against the old version's pieces, from the first connected
-/// source that speaks protocol v2; `None` (fetch it whole) when there is none or anything
-/// fails, the rebuilt chunk included.
+/// An edge chunk as a delta against the old version's pieces, from a connected source that
+/// speaks protocol v2; `None` (fetch it whole) when there is none or anything fails, the
+/// rebuilt chunk included. Like `fetch_chunk`, the connection is looked up per attempt, so
+/// a connection replaced by its duplicate's (PROTOCOL §9.8) does not cost the delta.
 async fn fetch_delta(
     inner: &Inner,
     job: &PullJob,
     chunk: &ChunkRef,
     old: Arc<OldSource>,
 ) -> Option<Vec<u8>> {
-    let device = job.sources.iter().find(|d| inner.speaks(d) >= EDITS_VERSION)?;
-    let (conn, slots) = inner.link(device)?;
-    let _slot = slots.acquire_owned().await.ok()?;
-    let request = Request {
-        id: inner.next_request_id(),
-        folder: job.folder.clone(),
-        path: job.record.path.clone(),
-        offset: chunk.offset,
-        size: chunk.len,
-        hash: chunk.hash,
-    };
-    let id = request.id;
-    let message = Message::DeltaRequest(DeltaRequest { request, have: old.pieces.have.clone() });
-    let ops = match request_once(inner, &conn, message, id).await {
-        Ok(ResponseBody::Delta(ops)) => ops,
-        other => {
-            tracing::debug!("{}: delta of chunk at {}: {other:?}", job.record.path, chunk.offset);
-            return None;
+    let mut ops = None;
+    for attempt in 0..job.sources.len() * 3 {
+        let device = &job.sources[attempt % job.sources.len()];
+        if inner.speaks(device) < EDITS_VERSION {
+            continue;
         }
-    };
-    let chunk = *chunk;
+        let Some((conn, slots)) = inner.link(device) else { continue };
+        let Ok(_slot) = slots.acquire_owned().await else { continue };
+        let request = Request {
+            id: inner.next_request_id(),
+            folder: job.folder.clone(),
+            path: job.record.path.clone(),
+            offset: chunk.offset,
+            size: chunk.len,
+            hash: chunk.hash,
+        };
+        let id = request.id;
+        let have = old.pieces.have.clone();
+        let message = Message::DeltaRequest(DeltaRequest { request, have });
+        match request_once(inner, &conn, message, id).await {
+            Ok(ResponseBody::Delta(answer)) => {
+                ops = Some(answer);
+                break;
+            }
+            other => {
+                tracing::debug!(
+                    "{}: delta of chunk at {}: {other:?}",
+                    job.record.path,
+                    chunk.offset
+                );
+            }
+        }
+    }
+    let (ops, chunk) = (ops?, *chunk);
     let rebuilt = blocking(move || old.pieces.rebuild(&old.file, ops, &chunk)).await.ok()?;
     let Some((data, wire)) = rebuilt else {
         inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
