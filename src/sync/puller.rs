@@ -299,21 +299,38 @@ struct OldSource {
     pieces: OldPieces,
 }
 
-/// True when the chunk at `idx` is missing next to one that is not: where an edit begins or
-/// ends, so its bytes are partly the old version's.
-fn is_edge(missing: &[(usize, ChunkRef)], at: usize, chunks: usize) -> bool {
-    let idx = missing[at].0;
-    let before = at.checked_sub(1).map(|b| missing[b].0);
-    let after = missing.get(at + 1).map(|m| m.0);
-    (idx > 0 && before != Some(idx - 1)) || (idx + 1 < chunks && after != Some(idx + 1))
+/// Which missing chunks lie at the edges of an edit: the first two and last two of each run
+/// of consecutive missing chunks, on the sides where the run meets a chunk that is here.
+/// Their bytes are partly the old version's: the chunk where the edit begins starts with
+/// old bytes, and the cut points after the edit resynchronise within a chunk or two, so the
+/// old bytes there can end up in the last chunk of the run or the one before it.
+fn edges(missing: &[(usize, ChunkRef)], chunks: usize) -> Vec<bool> {
+    const DEPTH: usize = 2;
+    let mut out = vec![false; missing.len()];
+    let mut start = 0;
+    while start < missing.len() {
+        let mut end = start + 1;
+        while end < missing.len() && missing[end].0 == missing[end - 1].0 + 1 {
+            end += 1;
+        }
+        // missing[start..end] is a run of consecutive chunk indices
+        let (first, last) = (missing[start].0, missing[end - 1].0);
+        if first > 0 {
+            out[start..end.min(start + DEPTH)].iter_mut().for_each(|e| *e = true);
+        }
+        if last + 1 < chunks {
+            out[end.saturating_sub(DEPTH).max(start)..end].iter_mut().for_each(|e| *e = true);
+        }
+        start = end;
+    }
+    out
 }
 
-/// The old version's pieces, when some missing chunk is an edge worth a delta and the old
+/// The old version's pieces, when some missing chunk at an edge is worth a delta and the old
 /// version is still at the path (a partly edited file, not a new one).
 fn old_source(job: &PullJob, missing: &[(usize, ChunkRef)]) -> Option<Arc<OldSource>> {
-    let n = job.record.chunks.len();
-    let wanted = (0..missing.len())
-        .any(|at| missing[at].1.len >= DELTA_MIN_CHUNK && is_edge(missing, at, n));
+    let edge = edges(missing, job.record.chunks.len());
+    let wanted = missing.iter().zip(edge).any(|(m, edge)| edge && m.1.len >= DELTA_MIN_CHUNK);
     let old = job.indexed.as_ref().map(|l| &l.record)?;
     if !wanted || old.deleted || old.chunks.len() < 2 || job.fs.check_parents(&old.path).is_err() {
         return None;
@@ -478,9 +495,8 @@ async fn fetch_chunks(
         return Ok(());
     }
     connected_source(inner, job)?;
-    let n = job.record.chunks.len();
-    let edges: Vec<bool> = (0..missing.len()).map(|at| is_edge(&missing, at, n)).collect();
-    let fetches = missing.into_iter().zip(edges).map(|((idx, chunk), edge)| {
+    let edge = edges(&missing, job.record.chunks.len());
+    let fetches = missing.into_iter().zip(edge).map(|((idx, chunk), edge)| {
         let old = old.clone().filter(|_| edge && chunk.len >= DELTA_MIN_CHUNK);
         async move {
             let delta = match old {
@@ -788,6 +804,19 @@ mod tests {
             digest.catch_up(&file, &rec.chunks, budget).unwrap();
         }
         digest.finish(&file, rec)
+    }
+
+    #[test]
+    fn the_edges_of_an_edit_are_two_chunks_deep_on_the_sides_next_to_chunks_here() {
+        let c = ChunkRef { offset: 0, len: 1, hash: Hash::ZERO };
+        let at = |idx: &[usize]| idx.iter().map(|&i| (i, c)).collect::<Vec<_>>();
+        // chunks 3..=9 of 12 are missing: 3, 4 and 8, 9 are edges, 5..=7 new bytes only
+        let run = edges(&at(&[3, 4, 5, 6, 7, 8, 9]), 12);
+        assert_eq!(run, [true, true, false, false, false, true, true]);
+        // a run at the start of the file has no left edge; one chunk between two runs
+        assert_eq!(edges(&at(&[0, 1, 2, 3, 5]), 7), [false, false, true, true, true]);
+        // a new file: nothing here, no edge
+        assert_eq!(edges(&at(&[0, 1, 2]), 3), [false, false, false]);
     }
 
     #[test]
