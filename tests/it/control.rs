@@ -203,10 +203,13 @@ fn revert_runs_inside_a_running_daemon() {
     assert!(got(&a, b"from a"), "a receive-only edit reached the peer");
 }
 
-/// Waits until `d`'s daemon answers and says it is still scanning `docs` at start-up.
+/// True when `d`'s daemon answers and says it is still scanning `docs` at start-up (false,
+/// not a panic, while `status` cannot tell yet: the daemon may be creating the index).
 fn answers_while_starting(d: &Device) -> bool {
-    let s = status(d);
-    s["daemon"] == true
+    let out = d.run(&["status", "--json"]);
+    let Ok(s) = serde_json::from_slice::<Value>(&out.stdout) else { return false };
+    out.status.success()
+        && s["daemon"] == true
         && s["starting"] == true
         && folder(&s, "docs").unwrap()["state"] == "starting"
 }
@@ -219,10 +222,10 @@ fn check_fails_while_the_daemon_scans_at_start_up_and_passes_once_in_sync() {
     serve_b.stop();
     // a file made while b's daemon was away: b's index (as of the last run) says in sync
     b.write("new.txt", b"made while b was stopped");
-    // b's start-up scan is held back 8 s (a fault hook), as a big folder's would take
-    let serve_b = b.spawn_serve(&[("TANDEM_TEST_FIRST_SCAN_DELAY_MS", "8000")]);
+    // b's start-up scan is held back 10 s (a fault hook), as a big folder's would take
+    let serve_b = b.spawn_serve(&[("TANDEM_TEST_FIRST_SCAN_DELAY_MS", "10000")]);
     let starting = || answers_while_starting(&b);
-    assert!(wait_until(6, starting), "{:#}\n{}", status(&b), serve_b.log_text());
+    assert!(wait_until(8, starting), "{:#}\n{}", status(&b), serve_b.log_text());
     assert!(
         check_fails_with(&b, &[], "folder docs: the daemon is still scanning it at start-up"),
         "{:?}",
@@ -252,7 +255,7 @@ fn requests_during_start_up_wait_for_it_or_are_applied_after_it() {
     let photos = a.dir.path().join("photos");
     fs::create_dir(&photos).unwrap();
     fs::write(photos.join("p.jpg"), b"jpeg bytes").unwrap();
-    let serve = a.spawn_serve(&[("TANDEM_TEST_FIRST_SCAN_DELAY_MS", "5000")]);
+    let serve = a.spawn_serve(&[("TANDEM_TEST_FIRST_SCAN_DELAY_MS", "8000")]);
     assert!(wait_until(6, || answers_while_starting(&a)), "{}", serve.log_text());
 
     // a config change is saved and deferred: the daemon says so and applies it afterwards
