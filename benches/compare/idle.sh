@@ -36,13 +36,17 @@ $B --home $W/a folder add f $W/fa --share $IB 2>/dev/null
 $B --home $W/b folder add f $W/fb --share $IA 2>/dev/null
 $B --home $W/a serve --log-level "$LOG" 2>$W/a.log & PA=$!
 $B --home $W/b serve --log-level "$LOG" 2>$W/b.log & PB=$!
-# before its control socket is up (during its start-up scan) `status --check` reads only the
-# index, which a scan still filling it can pass
+# both daemons started: each answers its control socket saying it is no longer starting (its
+# start-up scan is done; see wait_ready.py). Until a daemon answers at all, `status --check`
+# judges the index alone, which after the restart below says "in sync" from the last run.
+started() {
+  python3 "$(dirname "$0")/wait_ready.py" $W/a 600 $PA && python3 "$(dirname "$0")/wait_ready.py" $W/b 600 $PB
+}
 in_sync() {
-  [ -S $W/a/control.sock ] && [ -S $W/b/control.sock ] &&
-    $B --home $W/a status --check >/dev/null 2>&1 && $B --home $W/b status --check >/dev/null 2>&1
+  $B --home $W/a status --check >/dev/null 2>&1 && $B --home $W/b status --check >/dev/null 2>&1
 }
 start=$(date +%s)
+started
 until in_sync; do
   sleep 1
   if [ $(( $(date +%s) - start )) -gt 600 ]; then echo "not in sync after 600 s" >&2; exit 1; fi
@@ -74,6 +78,7 @@ index_size adopted
 kill -TERM $PA $PB; wait $PA $PB 2>/dev/null || true
 $B --home $W/a serve --log-level "$LOG" 2>>$W/a.log & PA=$!
 $B --home $W/b serve --log-level "$LOG" 2>>$W/b.log & PB=$!
+started
 until in_sync; do sleep 1; done
 sleep 30
 a0=$(ticks $PA); t0=$(date +%s.%N); sleep 60; a1=$(ticks $PA); t1=$(date +%s.%N)

@@ -48,7 +48,18 @@ IA=$("$B" --home "$W/a/h" id); IB=$("$B" --home "$W/b/h" id)
 "$B" --home "$W/b/h" folder add f "$W/b/f" --share "$IA" 2>/dev/null
 "$B" --home "$W/a/h" serve --log-level warn 2>"$W/a.log" & PA=$!
 "$B" --home "$W/b/h" serve --log-level warn 2>"$W/b.log" & PB=$!
-sleep 3
+# both started (their control sockets answer "starting": false, see wait_ready.py), then
+# connected and in sync with each other, so every timed edit goes between a connected, idle pair
+"$PY" "$(dirname "$SELF")/wait_ready.py" "$W/a/h" 60 "$PA"
+"$PY" "$(dirname "$SELF")/wait_ready.py" "$W/b/h" 60 "$PB"
+paired=0
+for _ in $(seq 1 300); do
+  if "$B" --home "$W/a/h" status --check >/dev/null 2>&1 && "$B" --home "$W/b/h" status --check >/dev/null 2>&1; then
+    paired=1; break
+  fi
+  sleep 0.2
+done
+[ "$paired" = 1 ] || { echo "the two daemons are not in sync after 60 s" >&2; exit 1; }
 W=$W "$PY" - <<'PY'
 import os, statistics, time
 n = int(os.environ.get("EDIT_N", "7")); size = int(os.environ.get("EDIT_SIZE", "4096"))

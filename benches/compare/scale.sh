@@ -13,7 +13,8 @@
 # index then holds its local records and the other device's records. Ports SCALE_PORT and
 # SCALE_PORT+1 (default 24611) on 127.0.0.1. SCALE_KEEP=1 keeps the homes (path on stderr).
 set -euo pipefail
-B=${TANDEM:-$(cd "$(dirname "$0")/../.." && pwd)/target/release/tandem}
+HERE=$(cd "$(dirname "$0")" && pwd)
+B=${TANDEM:-$HERE/../../target/release/tandem}
 [ -x "$B" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 SIZES=${*:-10000 100000 1000000}
 PEER=${SCALE_PEER:-0}
@@ -46,7 +47,8 @@ PY
   first=$(tail -1 "$W/t1"); again=$(tail -1 "$W/t2")
   bytes=$(stat -c %s "$W/h/index.redb")
   $B --home "$W/h" serve --log-level warn 2>/dev/null & P=$!
-  until [ -S "$W/h/control.sock" ]; do sleep 0.2; done
+  # started: its control socket answers "starting": false (start-up scan done; wait_ready.py)
+  python3 "$HERE/wait_ready.py" "$W/h" 7200 $P
   sleep 20
   rss=$(awk '/VmRSS/ {print $2}' /proc/$P/status); hwm=$(awk '/VmHWM/ {print $2}' /proc/$P/status)
   kill $P; wait $P 2>/dev/null || true
@@ -60,7 +62,7 @@ PY
     $B --home "$W/h" folder share f "$IB" 2>/dev/null
     $B --home "$W/b" folder add f "$W/fb" --share "$IA" 2>/dev/null
     $B --home "$W/h" serve --log-level warn 2>"$W/a.log" & P=$!
-    until [ -S "$W/h/control.sock" ]; do sleep 0.2; done
+    python3 "$HERE/wait_ready.py" "$W/h" 7200 $P
     t0=$(date +%s.%N)
     $B --home "$W/b" sync --timeout 7200 --log-level warn >/dev/null 2>"$W/b.log"
     sync_s=$(awk -v t0="$t0" -v t1="$(date +%s.%N)" 'BEGIN {printf "%.1f", t1 - t0}')

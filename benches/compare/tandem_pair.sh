@@ -17,8 +17,9 @@
 #
 # Every phase is timed the same way: the clock starts, `tandem serve` starts on SRC (its startup
 # scan: a full scan the first time, a rescan with the index afterwards), the script waits until
-# the server answers (its control socket exists, i.e. the scan is done and it accepts peers),
-# then `tandem sync` runs on DST (scan of DST, connect, index exchange, pull) and the clock stops
+# the server has started (wait_ready.py: its control socket answers a status request with
+# "starting": false, i.e. the scan is done and it accepts peers; the socket itself exists from
+# the server's first moments, so its existence is no longer the signal), then `tandem sync` runs on DST (scan of DST, connect, index exchange, pull) and the clock stops
 # when it exits in sync. The server is stopped after every phase, which gives per-phase CPU
 # seconds and peak RSS of both processes. SRC files changed by insert/small_modify are backed up
 # first and restored on exit (after the server stopped), so the corpus stays pristine.
@@ -141,11 +142,14 @@ run_phase() {
   t0=$(now)
   "$TANDEM" --home "$WORK/src" serve --log-level warn 2>>"$WORK/src.log" &
   SERVE_PID=$!
-  until [ -S "$WORK/src/control.sock" ]; do
-    kill -0 "$SERVE_PID" 2>/dev/null || { echo "tandem serve died during $name; log:" >&2; tail -20 "$WORK/src.log" >&2; exit 1; }
-    (( ${EPOCHREALTIME%.*} - ${t0%.*} <= TIMEOUT )) || { echo "serve not ready after $TIMEOUT s" >&2; exit 1; }
-    sleep 0.02
-  done
+  # started = its start-up scan is done and it accepts peers (polled every 20 ms, cheaply)
+  local rc=0
+  "$PY" "$(dirname "$SELF")/wait_ready.py" "$WORK/src" "$TIMEOUT" "$SERVE_PID" || rc=$?
+  case $rc in
+    0) ;;
+    3) echo "tandem serve died during $name; log:" >&2; tail -20 "$WORK/src.log" >&2; exit 1 ;;
+    *) echo "serve not ready after $TIMEOUT s" >&2; exit 1 ;;
+  esac
   t1=$(now)
   if ! /usr/bin/time -f "%U %S %M" -o "$WORK/dst.time" "$TANDEM" --home "$WORK/dst" sync --timeout "$TIMEOUT" \
       --log-level warn 2>"$WORK/dst.err"; then

@@ -3,6 +3,11 @@
 //! errors, warnings and the runner's state. Works with or without a daemon: the index is
 //! read read-only, and a running daemon adds, through the control socket, connectivity,
 //! runner state, per-file problems and when each folder was last in sync.
+//!
+//! A daemon that is still starting answers too, and `--check` fails while it does: a
+//! folder it has not finished scanning is only partly in the index, and judging that part
+//! (as a reader without the daemon must) can call a folder in sync while files are still
+//! being discovered.
 
 use anyhow::bail;
 use clap::Args;
@@ -38,6 +43,9 @@ pub struct StatusArgs {
 struct StatusJson {
     device_id: String,
     daemon: bool,
+    /// The running daemon has not finished starting (scanning every folder before it talks
+    /// to peers); false without a daemon.
+    starting: bool,
     folders: Vec<FolderJson>,
 }
 
@@ -46,7 +54,12 @@ struct FolderJson {
     id: String,
     path: String,
     mode: &'static str,
+    /// CLI.md's four values only: a folder in its first scan is `scanning`, with
+    /// `first_scan` set.
     state: String,
+    /// The running daemon's first scan of the folder (at start-up, or since it was added)
+    /// has not finished: the totals are what is indexed so far.
+    first_scan: bool,
     local: Totals,
     global: Totals,
     need: NeedJson,
@@ -110,7 +123,12 @@ pub(super) fn status(home: &Home, args: StatusArgs) -> anyhow::Result<()> {
     for folder in &config.folders {
         folders.push(folder_status(index.as_ref(), folder, daemon.as_ref())?);
     }
-    let report = StatusJson { device_id: device.to_string(), daemon: daemon.is_some(), folders };
+    let report = StatusJson {
+        device_id: device.to_string(),
+        daemon: daemon.is_some(),
+        starting: daemon.as_ref().is_some_and(|d| d.starting),
+        folders,
+    };
     if args.check {
         return check(&report, args.max_lag);
     }
@@ -167,7 +185,11 @@ fn folder_status(
         id: cfg.id.to_string(),
         path: cfg.path.display().to_string(),
         mode: cfg.mode.as_str(),
-        state: runner.map_or_else(|| "idle".to_string(), |r| r.state.clone()),
+        state: runner.map_or_else(
+            || "idle".to_string(),
+            |r| if r.state == STARTING { "scanning".to_string() } else { r.state.clone() },
+        ),
+        first_scan: runner.is_some_and(|r| r.state == STARTING),
         local: totals(local.values()),
         global: totals(global.iter().map(|r| r.record.as_ref())),
         need: need_totals,
@@ -261,13 +283,30 @@ fn secs_rfc3339(secs: u64) -> String {
     )
 }
 
+/// The daemon's runner state of a folder whose first scan by it has not finished (shown as
+/// `scanning` with `first_scan` set: CLI.md's `state` has four values).
+const STARTING: &str = "starting";
+
 fn check(report: &StatusJson, max_lag: Option<u64>) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut problems = Vec::new();
+    if report.starting && !report.folders.iter().any(|f| f.first_scan) {
+        problems.push("the daemon is still starting".to_string());
+    }
     for f in &report.folders {
+        if f.first_scan {
+            // the index holds part of the folder: needs and completion would be judged on
+            // that part, so they are not reported; nothing forgives this (not --max-lag)
+            problems.push(if report.starting {
+                format!("folder {}: the daemon is still scanning it at start-up", f.id)
+            } else {
+                format!("folder {}: the daemon has not finished its first scan of it", f.id)
+            });
+            continue;
+        }
         // lagging (not connected, needs, peers behind) is forgiven within --max-lag
         let recent = max_lag
             .is_some_and(|lag| f.synced_secs.is_some_and(|at| now.saturating_sub(at) <= lag));
@@ -337,11 +376,17 @@ fn check(report: &StatusJson, max_lag: Option<u64>) -> anyhow::Result<()> {
 }
 
 fn print_human(report: &StatusJson) {
-    let daemon =
-        if report.daemon { "daemon running" } else { "no daemon running (read from the index)" };
+    let daemon = match (report.daemon, report.starting) {
+        (true, false) => "daemon running",
+        (true, true) => "daemon starting (scanning folders before it talks to peers)",
+        (false, _) => "no daemon running (read from the index)",
+    };
     println!("device {} — {daemon}", report.device_id);
     for f in &report.folders {
         println!("\n{}  {}  {}  {}", f.id, f.mode, f.state, f.path);
+        if f.first_scan {
+            println!("  first scan not finished: the numbers below are what is indexed so far");
+        }
         let t =
             |t: &Totals| format!("{} files, {} dirs, {}", t.files, t.dirs, human_bytes(t.bytes));
         println!("  local:  {}", t(&f.local));

@@ -2,6 +2,14 @@
 //! shared folder is in sync with every reachable peer). The composition root: it opens the
 //! index, binds the endpoint, dials peers with backoff, accepts connections, and runs one
 //! runner per folder.
+//!
+//! Start-up order matters to anyone watching: the control socket is bound first, before
+//! the start-up scan of every folder (which can take minutes), so `status` reaches the
+//! daemon and hears that it is starting instead of judging a half-filled index on its own
+//! and calling it in sync. Peers are accepted and dialed, and runners started, only after
+//! every folder was scanned, so the first index a peer sees matches the disk. Until then
+//! requests that act on folders wait for the start-up (`scan`, `override`, `revert`) and a
+//! config reload is deferred to its end (see `reload`).
 
 pub mod control;
 mod reload;
@@ -115,13 +123,8 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
         trusted.clone(),
     )?);
     let rescan = Duration::from_secs(config.device.rescan_secs.max(1));
+    // every configured folder is `Starting` from here until its start-up scan ends
     let inner = Arc::new(Inner::new(index, identity.device_id(), home.clone(), config.clone()));
-    for folder in &config.folders {
-        announce_after_receive_only(&inner.index, folder);
-        if let Err(e) = initial_scan(&inner, &folder.id).await {
-            tracing::warn!("folder {}: {e}", folder.id);
-        }
-    }
     let attempted: Attempts = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     let sup = Arc::new(Supervisor {
         inner: inner.clone(),
@@ -132,9 +135,10 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
         attempted: attempted.clone(),
         tasks: std::sync::Mutex::new(Tasks::default()),
         reloading: tokio::sync::Mutex::new(()),
+        startup: tokio::sync::watch::Sender::new(Startup::default()),
     });
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(accept_loop(inner.clone(), endpoint.clone()));
+    // the control socket answers before the start-up scan, saying the daemon is starting
     match control::bind(home) {
         Ok(listener) => {
             tasks.spawn(control_loop(sup.clone(), listener));
@@ -144,6 +148,15 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
             control::socket_path(home).display()
         ),
     }
+    tracing::info!("starting: scanning {} folders before talking to peers", config.folders.len());
+    for folder in &config.folders {
+        announce_after_receive_only(&inner.index, folder);
+        if let Err(e) = initial_scan(&inner, &folder.id).await {
+            tracing::warn!("folder {}: {e}", folder.id);
+        }
+    }
+    tasks.spawn(accept_loop(inner.clone(), endpoint.clone()));
+    // readiness, for people and test harnesses reading the log: start-up is done
     tracing::info!(
         "device {} listening on {}",
         identity.device_id(),
@@ -154,6 +167,12 @@ pub async fn run(home: &Home, mode: Mode) -> Result<RunStats, DaemonError> {
     }
     for folder in &config.folders {
         sup.start_runner(folder.clone(), false);
+    }
+    if sup.finish_startup() {
+        // a config change saved during start-up: applied now, on the finished state
+        if let Err(e) = sup.reload().await {
+            tracing::warn!("config: applying the change made during start-up: {e}");
+        }
     }
     let result = match mode {
         Mode::Serve => {
@@ -212,6 +231,15 @@ fn mark_synced(inner: &Inner) {
     }
 }
 
+/// Where the daemon's start-up stands (see the module docs).
+#[derive(Clone, Copy, Debug, Default)]
+struct Startup {
+    /// Every folder's start-up scan has ended, and peers, dialers and runners are running.
+    done: bool,
+    /// A config reload was asked for before that: it is applied once start-up is done.
+    reload_pending: bool,
+}
+
 /// The tasks a running daemon can start and stop as its configuration changes.
 #[derive(Default)]
 struct Tasks {
@@ -233,9 +261,66 @@ struct Supervisor {
     tasks: std::sync::Mutex<Tasks>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Start-up progress; requests wait on it.
+    startup: tokio::sync::watch::Sender<Startup>,
 }
 
 impl Supervisor {
+    /// True until the start-up (every folder's first scan, then peers and runners) is done.
+    fn starting(&self) -> bool {
+        !self.startup.borrow().done
+    }
+
+    /// Marks the start-up done; true when a reload was deferred to this moment.
+    fn finish_startup(&self) -> bool {
+        let mut pending = false;
+        self.startup.send_modify(|s| {
+            s.done = true;
+            pending = std::mem::take(&mut s.reload_pending);
+        });
+        pending
+    }
+
+    /// Defers a reload to the end of the start-up; false when start-up is already done
+    /// (the caller reloads now). Checked and recorded in one step, so a reload is never
+    /// lost between the two.
+    fn defer_reload(&self) -> bool {
+        let mut deferred = false;
+        self.startup.send_if_modified(|s| {
+            if !s.done {
+                s.reload_pending = true;
+                deferred = true;
+            }
+            false
+        });
+        deferred
+    }
+
+    /// Waits up to `limit` for the start-up to be done; else says what it is still doing.
+    async fn wait_started(&self, limit: Duration) -> Result<(), String> {
+        let mut startup = self.startup.subscribe();
+        // the sender lives in `self`, so the channel cannot close while this waits
+        match tokio::time::timeout(limit, startup.wait_for(|s| s.done)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!("{} (waited {} s)", self.starting_reason(), limit.as_secs())),
+        }
+    }
+
+    /// What the start-up is still doing, for people: the folder being scanned (the first in
+    /// configuration order whose start-up scan has not ended), or the last steps.
+    fn starting_reason(&self) -> String {
+        let config = self.inner.config();
+        let mut pending = config.folders.iter().filter(|f| self.inner.first_scan_pending(&f.id));
+        match (pending.next(), pending.count()) {
+            (Some(f), 0) => format!("the daemon is still scanning folder {} at start-up", f.id),
+            (Some(f), more) => format!(
+                "the daemon is still scanning folder {} at start-up ({more} more folders after it)",
+                f.id
+            ),
+            (None, _) => "the daemon is still starting".to_string(),
+        }
+    }
+
     fn tasks(&self) -> std::sync::MutexGuard<'_, Tasks> {
         self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -262,6 +347,10 @@ impl Supervisor {
     /// then the peers it is shared with reconnect to learn of it.
     fn start_runner(&self, folder: FolderConfig, added: bool) {
         let (inner, rescan, id) = (self.inner.clone(), self.rescan, folder.id.clone());
+        if added {
+            // `Starting` from now, not from when the task gets to run
+            inner.expect_first_scan(&id);
+        }
         let watch = self.watch;
         let task = tokio::spawn(async move {
             if added {

@@ -2,6 +2,16 @@
 //! `override`/`revert` on its own index, and applying a changed `config.toml` without a
 //! restart — peers are trusted or dropped and dialed, folders start or stop, and a peer
 //! whose shares changed is reconnected so both sides exchange the new cluster config.
+//!
+//! The control socket answers during start-up too (see `daemon`), and no request acts on
+//! the half-built state: `status` answers at once and says the daemon is starting; `scan`
+//! waits for the start-up, then asks for a round (a scan that began before the request
+//! might have missed what it is about); `override` and `revert` wait for the start-up and
+//! for their folder's first scan (they rewrite versions of what the index holds), up to
+//! [`START_WAIT`], then fail saying what the daemon is still scanning; a reload is
+//! deferred to the end of the start-up and the reply says so — the CLI has saved
+//! `config.toml` already, so refusing would leave the change unapplied until a restart,
+//! and waiting could outlast the CLI's patience on a big folder.
 
 use std::time::Duration;
 
@@ -12,16 +22,21 @@ use crate::daemon::control::{Reply, Request};
 use crate::daemon::{Supervisor, announce_after_receive_only, status};
 use crate::sync::{Inner, modes};
 
-/// How long a `scan` request waits for its round.
+/// How long a `scan` request waits for its round (and, before it, for the start-up).
 const SCAN_WAIT: Duration = Duration::from_secs(600);
+/// How long `override`/`revert` wait for the start-up and their folder's first scan; less
+/// than the CLI waits for the reply, so the user reads why instead of a timeout.
+const START_WAIT: Duration = Duration::from_secs(240);
 
 impl Supervisor {
     /// Answers one control request.
     pub(super) async fn handle(&self, request: Request) -> Reply {
         let result = match request {
-            Request::Status => return Reply::Status(status::snapshot(&self.inner)),
+            Request::Status => {
+                return Reply::Status(status::snapshot(&self.inner, self.starting()));
+            }
             Request::Scan { folder } => self.scan(folder).await,
-            Request::Reload => self.reload().await,
+            Request::Reload => self.reload_when_started().await,
             Request::Override { folder } => self.override_folder(&folder).await,
             Request::Revert { folder } => self.revert(&folder).await,
         };
@@ -41,6 +56,8 @@ impl Supervisor {
             Some(id) => vec![self.folder(&id)?],
             None => self.inner.config().folders,
         };
+        // runners start at the end of the start-up: a round can be asked for only then
+        self.wait_started(SCAN_WAIT).await?;
         let mut lines = Vec::new();
         for cfg in folders {
             if tokio::time::timeout(SCAN_WAIT, self.inner.request_round(&cfg.id)).await.is_err() {
@@ -73,6 +90,16 @@ impl Supervisor {
         rewrite: impl FnOnce(&Inner, &FolderConfig) -> Result<T, modes::ModeError> + Send + 'static,
     ) -> Result<(FolderConfig, T), String> {
         let cfg = self.folder(id)?;
+        let deadline = tokio::time::Instant::now() + START_WAIT;
+        self.wait_started(START_WAIT).await?;
+        let first_scan = self.inner.first_scan_done(&cfg.id);
+        if tokio::time::timeout_at(deadline, first_scan).await.is_err() {
+            return Err(format!(
+                "folder {}: the daemon has not finished its first scan of it (waited {} s)",
+                cfg.id,
+                START_WAIT.as_secs()
+            ));
+        }
         let (inner, cfg2) = (self.inner.clone(), cfg.clone());
         let done = tokio::task::spawn_blocking(move || rewrite(&inner, &cfg2))
             .await
@@ -103,6 +130,17 @@ impl Supervisor {
             "{}: {retaken} local changes are being replaced by the global version, {removed} local additions moved to .tandem/trash/",
             cfg.id
         ))
+    }
+
+    /// A reload request: applied now, or deferred to the end of the start-up.
+    async fn reload_when_started(&self) -> Result<String, String> {
+        if self.defer_reload() {
+            return Ok(format!(
+                "{}: the change is applied when its start-up is done",
+                self.starting_reason()
+            ));
+        }
+        self.reload().await
     }
 
     /// Re-reads `config.toml` and applies the difference; says what changed.

@@ -2,7 +2,9 @@
 //! peer's connection, and per folder the runner's state, per-file problems, warnings and
 //! when it was last in sync. Read-only commands (`status`) combine it with the index, which
 //! they read directly (read-only). The snapshot is made on request, so an idle daemon
-//! writes nothing.
+//! writes nothing. It is available from the daemon's first moments: while the daemon is
+//! still starting (scanning its folders before it talks to peers) it says so, because what
+//! the index holds then is half a picture that a reader must not take for the folder.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +17,10 @@ pub struct DaemonStatus {
     pub pid: u32,
     /// When it started (Unix seconds).
     pub started: u64,
+    /// Its start-up (the first scan of every folder, then accepting and dialing peers) is
+    /// not done yet. Absent from an older daemon's reply: it answered only once started.
+    #[serde(default)]
+    pub starting: bool,
     /// Every configured peer's connection.
     pub peers: Vec<PeerStatus>,
     /// Per folder: the runner's state, problems and warnings.
@@ -44,7 +50,8 @@ pub struct PeerStatus {
 pub struct FolderStatus {
     /// Folder id.
     pub id: String,
-    /// Runner state: `idle`, `scanning`, `syncing` or `error`.
+    /// Runner state: `starting` (this daemon's first scan of the folder, at start-up or since
+    /// it was added, has not finished), `idle`, `scanning`, `syncing` or `error`.
     pub state: String,
     /// The last whole-folder error, if the state is `error`.
     pub error: Option<String>,
@@ -69,8 +76,8 @@ pub struct PathProblem {
     pub attempts: u32,
 }
 
-/// The daemon's current status.
-pub(crate) fn snapshot(inner: &Inner) -> DaemonStatus {
+/// The daemon's current status; `starting` while its start-up is not done.
+pub(crate) fn snapshot(inner: &Inner, starting: bool) -> DaemonStatus {
     let config = inner.config();
     let states = inner.folder_states();
     let links = inner.peer_links();
@@ -108,5 +115,5 @@ pub(crate) fn snapshot(inner: &Inner) -> DaemonStatus {
             }
         })
         .collect();
-    DaemonStatus { pid: std::process::id(), started: inner.started, peers, folders }
+    DaemonStatus { pid: std::process::id(), started: inner.started, starting, peers, folders }
 }

@@ -55,6 +55,10 @@ pub struct Stats {
 /// What a folder's runner is doing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FolderState {
+    /// This daemon's first full scan of the folder (at start-up, or since the folder was
+    /// added) has not finished: the index is not yet a picture of the disk. Reported from
+    /// `Inner::first_scan_pending`, which overrides what the runner last set.
+    Starting,
     /// Waiting for changes.
     #[default]
     Idle,
@@ -67,9 +71,10 @@ pub enum FolderState {
 }
 
 impl FolderState {
-    /// `idle`, `scanning`, `syncing` or `error`, as in `status --json`.
+    /// `starting`, `idle`, `scanning`, `syncing` or `error`, as in `status --json`.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::Starting => "starting",
             Self::Idle => "idle",
             Self::Scanning => "scanning",
             Self::Syncing => "syncing",
@@ -207,6 +212,10 @@ pub struct Inner {
     /// Per folder: (news counter, the counter value at which a plan came out empty).
     folder_clean: Mutex<BTreeMap<FolderId, (u64, Option<u64>)>>,
     folder_states: Mutex<BTreeMap<FolderId, (FolderState, Option<String>)>>,
+    /// Folders whose first full scan by this daemon has not finished (every configured
+    /// folder at start-up; a folder added or moved while it runs): their state is
+    /// `Starting`, and requests that rewrite their index wait for it.
+    first_scans: watch::Sender<BTreeSet<FolderId>>,
     problems: Mutex<BTreeMap<FolderId, BTreeMap<String, Problem>>>,
     lives: Mutex<BTreeMap<FolderId, FolderLife>>,
     links: Mutex<BTreeMap<DeviceId, PeerLink>>,
@@ -252,6 +261,10 @@ pub struct Faults {
     /// `TANDEM_TEST_UPDATE_DELAY_MS=N`: send index updates N ms after a local change, as a
     /// busy sender would (a daemon that exits meanwhile must still send them).
     pub update_delay_ms: u64,
+    /// `TANDEM_TEST_FIRST_SCAN_DELAY_MS=N`: the daemon's first scan of each folder (at
+    /// start-up, or when the folder is added) starts N ms late, as a big folder's would
+    /// take long: the daemon answers meanwhile and says it is starting.
+    pub first_scan_delay_ms: u64,
 }
 
 impl Faults {
@@ -279,6 +292,10 @@ impl Faults {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            first_scan_delay_ms: std::env::var("TANDEM_TEST_FIRST_SCAN_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         };
         let active = faults.corrupt_responses
             || faults.response_delay_ms > 0
@@ -287,7 +304,8 @@ impl Faults {
             || faults.clock_skew_secs != 0
             || faults.redial_secs.is_some()
             || faults.first_ping_delay_ms > 0
-            || faults.update_delay_ms > 0;
+            || faults.update_delay_ms > 0
+            || faults.first_scan_delay_ms > 0;
         if active {
             tracing::warn!("TEST FAULTS ACTIVE: {faults:?}");
         }
@@ -296,8 +314,10 @@ impl Faults {
 }
 
 impl Inner {
-    /// Shared state for a daemon with this configuration.
+    /// Shared state for a daemon with this configuration; every configured folder is
+    /// `Starting` until `initial_scan` of it ends.
     pub fn new(index: Index, device: DeviceId, home: Home, config: Config) -> Self {
+        let folders = config.folders.iter().map(|f| f.id.clone()).collect();
         Self {
             index,
             device,
@@ -309,6 +329,7 @@ impl Inner {
             folder_wakeups: Mutex::new(BTreeMap::new()),
             folder_clean: Mutex::new(BTreeMap::new()),
             folder_states: Mutex::new(BTreeMap::new()),
+            first_scans: watch::Sender::new(folders),
             problems: Mutex::new(BTreeMap::new()),
             lives: Mutex::new(BTreeMap::new()),
             links: Mutex::new(BTreeMap::new()),
@@ -661,9 +682,39 @@ impl Inner {
         }
     }
 
-    /// What each folder's runner is doing, with the last whole-folder error.
+    /// What each folder's runner is doing, with the last whole-folder error; `Starting`
+    /// for a folder whose first scan by this daemon has not finished.
     pub fn folder_states(&self) -> BTreeMap<FolderId, (FolderState, Option<String>)> {
-        self.folder_states.lock().map(|m| m.clone()).unwrap_or_default()
+        let mut states = self.folder_states.lock().map(|m| m.clone()).unwrap_or_default();
+        for folder in self.first_scans.borrow().iter() {
+            states.insert(folder.clone(), (FolderState::Starting, None));
+        }
+        states
+    }
+
+    /// True while this daemon's first full scan of `folder` has not finished.
+    pub fn first_scan_pending(&self, folder: &FolderId) -> bool {
+        self.first_scans.borrow().contains(folder)
+    }
+
+    /// `folder` was added (or moved) while the daemon runs: it is `Starting` until its first
+    /// scan is done.
+    pub fn expect_first_scan(&self, folder: &FolderId) {
+        self.first_scans.send_modify(|set| {
+            set.insert(folder.clone());
+        });
+    }
+
+    fn first_scan_finished(&self, folder: &FolderId) {
+        self.first_scans.send_if_modified(|set| set.remove(folder));
+    }
+
+    /// Waits until this daemon's first scan of `folder` has finished (at once when it has,
+    /// or when the folder is not configured).
+    pub async fn first_scan_done(&self, folder: &FolderId) {
+        let mut pending = self.first_scans.subscribe();
+        // the sender lives in `self`, so the channel cannot close while this waits
+        let _ = pending.wait_for(|set| !set.contains(folder)).await;
     }
 
     fn life<T>(&self, folder: &FolderId, f: impl FnOnce(&mut FolderLife) -> T) -> Option<T> {
@@ -857,6 +908,7 @@ impl Inner {
         if let Ok(mut map) = self.folder_states.lock() {
             map.remove(folder);
         }
+        self.first_scan_finished(folder);
     }
 
     /// Peers with a live connection.
@@ -1100,10 +1152,26 @@ pub enum FolderError {
     Task(String),
 }
 
-/// Scans one folder (the daemon does this for every folder before it talks to peers, so
-/// the first index it announces matches the disk).
+/// This daemon's first scan of one folder (the daemon does this for every folder before it
+/// talks to peers, so the first index it announces matches the disk; and for a folder added
+/// while it runs). The folder is `Starting` until it ends, failed or not: then its state is
+/// `Scanning` (the runner's first round, which rescans with the watch up, comes next) or
+/// `Error`.
 pub async fn initial_scan(inner: &Arc<Inner>, folder: &FolderId) -> Result<(), FolderError> {
+    let result = first_scan(inner, folder).await;
+    match &result {
+        Ok(()) => inner.set_state(folder, FolderState::Scanning, None),
+        Err(e) => inner.set_state(folder, FolderState::Error, Some(e.to_string())),
+    }
+    inner.first_scan_finished(folder);
+    result
+}
+
+async fn first_scan(inner: &Arc<Inner>, folder: &FolderId) -> Result<(), FolderError> {
     let cfg = inner.config().folder(folder).cloned().map_err(|_| FolderError::Gone)?;
+    if inner.faults.first_scan_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(inner.faults.first_scan_delay_ms)).await;
+    }
     inner.set_state(folder, FolderState::Scanning, None);
     scan_scope(inner, &cfg, Scope::All).await
 }

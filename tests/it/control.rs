@@ -202,3 +202,79 @@ fn revert_runs_inside_a_running_daemon() {
     assert!(wait_until(30, || got(&b, b"from a")), "the daemon did not restore the global version");
     assert!(got(&a, b"from a"), "a receive-only edit reached the peer");
 }
+
+/// True when `d`'s daemon answers and says it is still scanning `docs` at start-up (false,
+/// not a panic, while `status` cannot tell yet: the daemon may be creating the index).
+fn answers_while_starting(d: &Device) -> bool {
+    let out = d.run(&["status", "--json"]);
+    let Ok(s) = serde_json::from_slice::<Value>(&out.stdout) else { return false };
+    out.status.success()
+        && s["daemon"] == true
+        && s["starting"] == true
+        && folder(&s, "docs").unwrap()["state"] == "scanning"
+        && folder(&s, "docs").unwrap()["first_scan"] == true
+}
+
+#[test]
+fn check_fails_while_the_daemon_scans_at_start_up_and_passes_once_in_sync() {
+    let (a, b, _serve_a, mut serve_b) = serving_pair();
+    let in_sync = |d: &Device| d.run(&["status", "--check"]).status.success();
+    assert!(wait_until(30, || in_sync(&a) && in_sync(&b)), "{:#}", status(&b));
+    serve_b.stop();
+    // a file made while b's daemon was away: b's index (as of the last run) says in sync
+    b.write("new.txt", b"made while b was stopped");
+    // b's start-up scan is held back 10 s (a fault hook), as a big folder's would take
+    let serve_b = b.spawn_serve(&[("TANDEM_TEST_FIRST_SCAN_DELAY_MS", "10000")]);
+    let starting = || answers_while_starting(&b);
+    assert!(wait_until(8, starting), "{:#}\n{}", status(&b), serve_b.log_text());
+    assert!(
+        check_fails_with(&b, &[], "folder docs: the daemon is still scanning it at start-up"),
+        "{:?}",
+        b.run(&["status", "--check"])
+    );
+    // --max-lag forgives lag, not a folder whose state nobody knows yet
+    assert!(check_fails_with(&b, &["--max-lag", "3600"], "still scanning it at start-up"));
+    let human = b.ok(&["status"]);
+    assert!(
+        human.contains("daemon starting") && human.contains("first scan not finished"),
+        "{human}"
+    );
+    assert!(answers_while_starting(&b), "the checks above ran after the start-up: too slow");
+
+    // once started, the daemon finds the new file, a takes it and both confirm in sync
+    assert!(wait_until(60, || in_sync(&b) && in_sync(&a)), "{:#}", status(&b));
+    assert!(a.path("new.txt").exists(), "in sync, yet a lacks the file b found at start-up");
+    let s = status(&b);
+    assert_eq!(s["starting"], false, "{s:#}");
+    assert_eq!(folder(&s, "docs").unwrap()["first_scan"], false, "{s:#}");
+}
+
+#[test]
+fn requests_during_start_up_wait_for_it_or_are_applied_after_it() {
+    let a = Device::with_folder();
+    a.write("x.txt", b"x");
+    let photos = a.dir.path().join("photos");
+    fs::create_dir(&photos).unwrap();
+    fs::write(photos.join("p.jpg"), b"jpeg bytes").unwrap();
+    let serve = a.spawn_serve(&[("TANDEM_TEST_FIRST_SCAN_DELAY_MS", "8000")]);
+    assert!(wait_until(6, || answers_while_starting(&a)), "{}", serve.log_text());
+
+    // a config change is saved and deferred: the daemon says so and applies it afterwards
+    let (ok, _, err) = run(&a, &["folder", "add", "photos", photos.to_str().unwrap()]);
+    assert!(
+        ok && err.contains("daemon: the daemon is still scanning folder docs at start-up"),
+        "{err}"
+    );
+    assert!(err.contains("applied when its start-up is done"), "{err}");
+    // a scan waits for the start-up, then for a round of its own
+    let out = a.ok(&["scan", "docs"]);
+    assert!(out.starts_with("docs: "), "{out}");
+    assert_eq!(status(&a)["starting"], false, "the scan answered before the start-up ended");
+    assert!(a.live_paths().contains(&"x.txt".to_string()));
+    let added = || {
+        let s = status(&a);
+        folder(&s, "photos").is_some_and(|f| f["state"] != "starting" && f["local"]["files"] == 1)
+    };
+    assert!(wait_until(30, added), "{:#}\n{}", status(&a), serve.log_text());
+    assert!(serve.log_text().contains("config: folder photos added"), "{}", serve.log_text());
+}

@@ -192,7 +192,8 @@ impl Daemon {
         self.child.id()
     }
 
-    /// True once the daemon has scanned and accepts connections.
+    /// True once the daemon has scanned and accepts connections: it logs "listening on" at
+    /// the end of its start-up (its control socket answers earlier, saying it is starting).
     pub(crate) fn is_listening(&self) -> bool {
         self.log_text().contains("listening on")
     }
