@@ -24,8 +24,10 @@
 //! 223 KiB at p90 (`benches/chunk_edit.rs`, 1,000 seeds). Other FastCDC settings with as
 //! many chunks do no better than 5 %, stronger normalization or a smaller maximum worse (the
 //! cut points resynchronise later); 147 KiB at p90 takes 39 % more chunks (level 0, min
-//! 24 KiB, 32 KiB mask), and each chunk also weighs 40–42 bytes in the chunk list an edit's
-//! index update carries, which for a 1 GiB file outweighs the smaller edges.
+//! 24 KiB, 32 KiB mask), each a row in the index and 40–42 bytes in a full chunk list. So
+//! the sizes stay, and the edges are cut finer only when they are sent: protocol v2 fetches
+//! the chunks at an edit's edges as deltas of small pieces (`sync::delta`), and sends an
+//! edited chunk list as an edit of the receiver's own (`proto::wire::edit`).
 
 use std::fs::File;
 use std::io::{self, Read};
