@@ -572,14 +572,7 @@ async fn fetch_chunk(
         let Some((conn, slots)) = inner.link(device) else { continue };
         // at most MAX_IN_FLIGHT requests outstanding per peer, across all transfers
         let Ok(_slot) = slots.acquire_owned().await else { continue };
-        let request = Request {
-            id: inner.next_request_id(),
-            folder: job.folder.clone(),
-            path: job.record.path.clone(),
-            offset: chunk.offset,
-            size: chunk.len,
-            hash: chunk.hash,
-        };
+        let request = chunk_request(inner, job, chunk);
         let id = request.id;
         let answer = match request_once(inner, &conn, Message::Request(request), id).await {
             Ok(ResponseBody::Data(data)) => Ok(data),
@@ -608,6 +601,18 @@ async fn fetch_chunk(
     Err(ApplyError::NoSource(job.record.path.clone()))
 }
 
+/// A request for `chunk` of the file `job` pulls, with a fresh id.
+fn chunk_request(inner: &Inner, job: &PullJob, chunk: &ChunkRef) -> Request {
+    Request {
+        id: inner.next_request_id(),
+        folder: job.folder.clone(),
+        path: job.record.path.clone(),
+        offset: chunk.offset,
+        size: chunk.len,
+        hash: chunk.hash,
+    }
+}
+
 /// An edge chunk as a delta against the old version's pieces, from a connected source that
 /// speaks protocol v2; `None` (fetch it whole) when there is none or anything fails, the
 /// rebuilt chunk included. Like `fetch_chunk`, the connection is looked up per attempt, so
@@ -626,14 +631,7 @@ async fn fetch_delta(
         }
         let Some((conn, slots)) = inner.link(device) else { continue };
         let Ok(_slot) = slots.acquire_owned().await else { continue };
-        let request = Request {
-            id: inner.next_request_id(),
-            folder: job.folder.clone(),
-            path: job.record.path.clone(),
-            offset: chunk.offset,
-            size: chunk.len,
-            hash: chunk.hash,
-        };
+        let request = chunk_request(inner, job, chunk);
         let id = request.id;
         let have = old.pieces.have.clone();
         let message = Message::DeltaRequest(DeltaRequest { request, have });
