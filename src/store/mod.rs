@@ -930,6 +930,26 @@ mod tests {
     }
 
     #[test]
+    fn a_capped_resume_point_is_lowered_in_the_same_commit_and_never_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("i.redb")).unwrap();
+        let at = |path, sequence| FileRecord { sequence, ..record(path, 10) };
+        let mut batch = index.write().unwrap();
+        batch
+            .put_peer_records("f", PEER, 5, &[at("a/x.txt", 40), at("a/y.txt", 50)], true)
+            .unwrap();
+        batch.cap_peer_sequence("f", PEER, 41).unwrap();
+        batch.commit().unwrap();
+        assert_eq!(index.peer_meta("f", PEER).unwrap().max_sequence, 41);
+        let mut batch = index.write().unwrap();
+        batch.cap_peer_sequence("f", PEER, 45).unwrap();
+        batch.commit().unwrap();
+        assert_eq!(index.peer_meta("f", PEER).unwrap().max_sequence, 41, "a cap never raises it");
+        // both records are kept: only where a reconnect resumes moved
+        assert!(index.peer_record("f", PEER, &RelPath::new("a/y.txt").unwrap()).unwrap().is_some());
+    }
+
+    #[test]
     fn peer_records_of_an_old_index_are_migrated_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("i.redb");

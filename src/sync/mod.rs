@@ -466,6 +466,16 @@ impl Inner {
         self.notify_folder(folder);
     }
 
+    /// `peer`'s records of `folder` are incomplete again: some were asked for again
+    /// (`Resend`), and being in sync with it waits for them.
+    pub(crate) fn unmark_index_received(&self, peer: &DeviceId, folder: &FolderId) {
+        if let Ok(mut reached) = self.reached.lock()
+            && let Some(known) = reached.get_mut(peer)
+        {
+            known.received_index.retain(|f| f != folder);
+        }
+    }
+
     /// Every peer a session was established with since start, with what it shared and
     /// sent (kept after it disconnects: its records stay in the index).
     pub(crate) fn reached(&self) -> Vec<(DeviceId, PeerState)> {

@@ -288,7 +288,8 @@ fn prepare(
             digest.landed(idx, Some(bytes), chunks);
         }
     }
-    let old = old_source(job, &missing);
+    let v2 = job.sources.iter().any(|d| inner.speaks(d) >= EDITS_VERSION);
+    let old = if v2 { old_source(job, &missing) } else { None };
     Ok((file, missing, digest, old))
 }
 
@@ -624,7 +625,8 @@ async fn fetch_delta(
     old: Arc<OldSource>,
 ) -> Option<Vec<u8>> {
     let mut ops = None;
-    for attempt in 0..job.sources.len() * 3 {
+    // fewer tries than a chunk gets: the whole chunk is the fallback
+    for attempt in 0..job.sources.len() * 2 {
         let device = &job.sources[attempt % job.sources.len()];
         if inner.speaks(device) < EDITS_VERSION {
             continue;

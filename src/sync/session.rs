@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use tandem_proto::model::{DeviceId, EntryKind, FileRecord, FolderId, RelPath};
 use tandem_proto::wire::{
-    ChunkEdit, Close, CloseCode, ClusterConfig, EDITS_VERSION, EditBatch, EditedRecord,
-    FolderShare, Hello, IndexBatch, MAX_IN_FLIGHT, MAX_INDEX_BATCH, MAX_REQUEST, Message,
-    PROTOCOL_VERSION, Resend, Response, ResponseBody,
+    ChunkEdit, Close, CloseCode, ClusterConfig, EDITS_VERSION, EditBatch, EditError, EditedRecord,
+    FolderShare, Hello, IndexBatch, MAX_EDITED_CHUNKS, MAX_IN_FLIGHT, MAX_INDEX_BATCH, MAX_REQUEST,
+    Message, PROTOCOL_VERSION, Resend, Response, ResponseBody,
 };
 use tokio::sync::{Semaphore, mpsc};
 
@@ -32,8 +32,14 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const EDIT_MIN_CHUNKS: usize = 16;
 
 /// Most `Resend` requests from the peer waiting for an answer; an honest peer sends one
-/// now and then (PROTOCOL.md §9.9), so more is a flood and closes the connection.
+/// now and then, merging what it asks for (PROTOCOL.md §9.9), so more is a flood and closes
+/// the connection.
 const MAX_RESENDS_WAITING: usize = 64;
+
+/// Most records one session may be waiting for after `Resend`s: an honest peer's edits miss
+/// their base only for records this device changed meanwhile, so more is a peer inventing
+/// edits, and closes the connection instead of growing the list.
+const MAX_PENDING: usize = 16 * MAX_INDEX_BATCH;
 
 /// What the receiving half of a session needs the sending half (which owns the control
 /// stream's send side) to send.
@@ -252,12 +258,7 @@ async fn send_index(
     tx.send(&Message::Ping).await?;
     loop {
         changes.borrow_and_update();
-        for (folder, theirs) in &shared {
-            let since = sent.get(folder).copied().unwrap_or(0);
-            let to = Audience { sending: &sending, share: theirs };
-            let last = send_since(&inner, &mut tx, folder, since, false, false, &to).await?;
-            sent.insert(folder.clone(), last.max(since));
-        }
+        send_updates(&inner, &mut tx, &shared, &mut sent, &sending).await?;
         if *closing.borrow_and_update() {
             // everything up to now is sent (above): say goodbye; the peer closes the
             // connection once it has read it all (PROTOCOL.md §9.7)
@@ -282,24 +283,60 @@ async fn send_index(
             Some(out) = sending.asks.recv() => out,
         };
         match outgoing {
-            Outgoing::Answer(folder, paths) => send_again(&inner, &mut tx, &folder, &paths).await?,
+            Outgoing::Answer(folder, paths) => {
+                // everything up to now first: an answer may then carry only records the
+                // peer's resume point can pass (PROTOCOL.md §9.9)
+                send_updates(&inner, &mut tx, &shared, &mut sent, &sending).await?;
+                let upto = sent.get(&folder).copied().unwrap_or(0);
+                send_again(&inner, &mut tx, &folder, &paths, upto).await?;
+            }
             Outgoing::Ask(folder, paths) => {
-                for paths in paths.chunks(MAX_INDEX_BATCH) {
-                    let resend = Resend { folder: folder.clone(), paths: paths.to_vec() };
-                    tx.send(&Message::Resend(resend)).await?;
+                // every ask queued meanwhile goes out merged, in as few Resends as fit
+                let mut asks: BTreeMap<FolderId, std::collections::BTreeSet<RelPath>> =
+                    BTreeMap::new();
+                asks.entry(folder).or_default().extend(paths);
+                while let Ok(Outgoing::Ask(folder, paths)) = sending.asks.try_recv() {
+                    asks.entry(folder).or_default().extend(paths);
+                }
+                for (folder, paths) in asks {
+                    let paths: Vec<RelPath> = paths.into_iter().collect();
+                    for paths in paths.chunks(MAX_INDEX_BATCH) {
+                        let resend = Resend { folder: folder.clone(), paths: paths.to_vec() };
+                        tx.send(&Message::Resend(resend)).await?;
+                    }
                 }
             }
         }
     }
 }
 
+/// Sends every folder's records committed since what was sent (`sent` moves on).
+async fn send_updates(
+    inner: &Inner,
+    tx: &mut FramedSend,
+    shared: &BTreeMap<FolderId, FolderShare>,
+    sent: &mut BTreeMap<FolderId, u64>,
+    sending: &Sending,
+) -> Result<(), ProtocolError> {
+    for (folder, theirs) in shared {
+        let since = sent.get(folder).copied().unwrap_or(0);
+        let to = Audience { sending, share: theirs };
+        let last = send_since(inner, tx, folder, since, false, false, &to).await?;
+        sent.insert(folder.clone(), last.max(since));
+    }
+    Ok(())
+}
+
 /// Answers a `Resend`: our current records of `paths`, chunk lists in full (PROTOCOL.md
-/// §9.9). A path we hold no announced record of is left out.
+/// §9.9), those with a sequence up to `upto` (what was sent): a newer one is on its way as
+/// an update, and answering with it could move the peer's resume point past records not
+/// sent yet. A path we hold no announced record of is left out.
 async fn send_again(
     inner: &Inner,
     tx: &mut FramedSend,
     folder: &FolderId,
     paths: &[RelPath],
+    upto: u64,
 ) -> Result<(), ProtocolError> {
     let store = |e: crate::store::StoreError| ProtocolError::Store(e.to_string());
     let mut records = Vec::new();
@@ -310,6 +347,7 @@ async fn send_again(
             records.extend(snapshot.record(folder.as_str(), path).map_err(store)?);
         }
     }
+    records.retain(|l| l.record.sequence <= upto);
     records.sort_by_key(|l| l.record.sequence);
     let records = inner.announced(folder, records).map_err(store)?;
     for chunk in batches(&records) {
@@ -466,14 +504,29 @@ async fn receive(
                 let (batch, unresolved) = rebuild(inner, shared, b)?;
                 if !unresolved.is_empty() {
                     let waiting = pending.entry(batch.folder.clone()).or_default();
-                    for (path, sequence) in &unresolved {
-                        let seq = waiting.entry(path.clone()).or_insert(*sequence);
-                        *seq = (*seq).min(*sequence);
+                    let mut ask = Vec::new();
+                    for (path, sequence) in unresolved {
+                        match waiting.get_mut(&path) {
+                            // asked for already: the answer is on its way
+                            Some(seq) => *seq = (*seq).min(sequence),
+                            None => {
+                                waiting.insert(path.clone(), sequence);
+                                ask.push(path);
+                            }
+                        }
                     }
-                    tracing::info!(%peer, "{} records of folder {} changed here since {peer} based edits on them; asking for them in full", unresolved.len(), batch.folder);
-                    let paths = unresolved.into_iter().map(|(path, _)| path).collect();
+                    if pending.values().map(BTreeMap::len).sum::<usize>() > MAX_PENDING {
+                        return Err(ProtocolError::Violation(format!(
+                            "more than {MAX_PENDING} edits whose base this device does not hold"
+                        )));
+                    }
+                    if initial_done {
+                        // not in sync with this peer until the answers are in
+                        inner.unmark_index_received(&peer, &batch.folder);
+                    }
+                    tracing::info!(%peer, "{} records of folder {} changed here since {peer} based edits on them; asking for them in full", ask.len(), batch.folder);
                     // the sending half outlives this loop unless the session is ending
-                    let _ = outgoing.asks.send(Outgoing::Ask(batch.folder.clone(), paths));
+                    let _ = outgoing.asks.send(Outgoing::Ask(batch.folder.clone(), ask));
                 }
                 batch
             }
@@ -485,10 +538,14 @@ async fn receive(
                         r.folder
                     )));
                 }
-                if outgoing.answers.try_send(Outgoing::Answer(r.folder, r.paths)).is_err() {
-                    return Err(ProtocolError::Violation(format!(
-                        "more than {MAX_RESENDS_WAITING} Resend requests waiting"
-                    )));
+                match outgoing.answers.try_send(Outgoing::Answer(r.folder, r.paths)) {
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        return Err(ProtocolError::Violation(format!(
+                            "more than {MAX_RESENDS_WAITING} Resend requests waiting"
+                        )));
+                    }
+                    // the sending half has said Close (or failed): nothing more is answered
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
                 continue;
             }
@@ -499,8 +556,11 @@ async fn receive(
             Some(Message::Ping) => {
                 if !initial_done {
                     initial_done = true;
+                    // a folder with records asked for again is received when they are in
                     for folder in shared.keys() {
-                        inner.mark_index_received(&peer, folder);
+                        if pending.get(folder).is_none_or(BTreeMap::is_empty) {
+                            inner.mark_index_received(&peer, folder);
+                        }
                     }
                 }
                 continue;
@@ -537,6 +597,7 @@ async fn receive(
         // a record that arrives whole (or rebuilt) ends the wait for it; what still waits
         // holds the resume point below its sequence, so a reconnect sends it again
         let waiting = pending.entry(batch.folder.clone()).or_default();
+        let was_waiting = !waiting.is_empty();
         if batch.first {
             waiting.clear();
         }
@@ -545,6 +606,9 @@ async fn receive(
         }
         let cap = waiting.values().min().map(|seq| seq.saturating_sub(1));
         store_batch(inner, &peer_key, share.index_id, &batch, cap)?;
+        if was_waiting && waiting.is_empty() && initial_done {
+            inner.mark_index_received(&peer, &batch.folder);
+        }
         let paths: Vec<_> = batch.records.iter().map(|r| r.path.clone()).collect();
         inner.peer_news(&batch.folder, &paths, batch.first);
     }
@@ -570,6 +634,8 @@ fn rebuild(
     let snapshot = inner.index.snapshot().map_err(store)?;
     let mut records = Vec::with_capacity(batch.records.len());
     let mut unresolved = Vec::new();
+    // the lists of the whole batch together, not each record's, are bounded
+    let mut budget = MAX_EDITED_CHUNKS;
     for EditedRecord { mut record, edit } in batch.records {
         let Some(edit) = edit else {
             records.push(record);
@@ -587,9 +653,9 @@ fn rebuild(
         });
         match base {
             Some(base) => {
-                record.chunks = edit
-                    .apply(&base.chunks)
-                    .map_err(|e| violation(format!("record {}: {e}", record.path)))?;
+                let bad = |e: EditError| violation(format!("record {}: {e}", record.path));
+                budget -= edit.built_len(base.chunks.len(), budget).map_err(bad)?;
+                record.chunks = edit.apply(&base.chunks).map_err(bad)?;
                 records.push(record);
             }
             None => unresolved.push((record.path, record.sequence)),

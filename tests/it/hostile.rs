@@ -20,7 +20,7 @@ use tandem_proto::model::{
 use tandem_proto::wire::{
     ChunkEdit, ChunkOp, ClusterConfig, DeltaOp, DeltaRequest, EditBatch, EditedRecord, ErrorCode,
     FolderShare, Hello, IndexBatch, MAX_EDITED_CHUNKS, MAX_FRAME, MAX_HAVE, MAX_IN_FLIGHT, Message,
-    NewChunk, Request, Response, ResponseBody, decode_frame, encode_frame,
+    NewChunk, Request, Resend, Response, ResponseBody, decode_frame, encode_frame,
 };
 
 use crate::support::{Device, Rng, proc_status_kib, random_bytes, wait_until};
@@ -780,7 +780,7 @@ fn chunk_list_edits_that_break_the_protocol_are_refused_and_nothing_is_written()
                 edit(vec![ChunkOp::Keep { start: 0, count: 16 }; MAX_EDITED_CHUNKS / 16 + 1]),
             ),
             2,
-            "builds more than",
+            "build more than",
         ),
         // chunks and an edit at once
         (edits_frame("big.bin", 1, one, edit(vec![added(1)])), 2, "has both chunks and an edit"),
@@ -829,9 +829,18 @@ fn delta_requests_are_answered_only_on_v2_and_only_within_their_limits() {
         size: chunk.len() as u32,
         hash: Hash::of(chunk),
     };
-    // the first 4 KiB as a piece mallory claims to have: whatever the cut points, the
-    // answer rebuilds the chunk from it and the bytes sent
-    let have = vec![NewChunk { len: 4096, hash: Hash::of(&chunk[..4096]) }];
+    // mallory offers the pieces (PROTOCOL.md §10.1) of the chunk's first half, as if it held
+    // an old version that shares them: the answer must refer to them and send the rest
+    let (min, avg, max) = tandem_proto::wire::PIECE_SIZES;
+    let have: Vec<NewChunk> =
+        fastcdc::v2020::FastCDC::new(chunk, min as usize, avg as usize, max as usize)
+            .take_while(|cut| cut.offset + cut.length <= chunk.len() / 2)
+            .map(|cut| NewChunk {
+                len: cut.length as u32,
+                hash: Hash::of(&chunk[cut.offset..cut.offset + cut.length]),
+            })
+            .collect();
+    assert!(have.len() >= 2, "the first half has pieces");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (v1, within, over) = runtime.block_on(async {
         let old = open_session_speaking(&mallory, &victim, &["docs"], 1).await;
@@ -850,14 +859,94 @@ fn delta_requests_are_answered_only_on_v2_and_only_within_their_limits() {
     assert_eq!(v1, None, "a v1 connection answered a delta request");
     assert_eq!(over, Some(ResponseBody::Error(ErrorCode::Invalid)));
     let Some(ResponseBody::Delta(ops)) = within else { panic!("no delta: {within:?}") };
-    let mut rebuilt = Vec::new();
+    let (mut rebuilt, mut referred) = (Vec::new(), 0);
     for op in ops {
         match op {
-            DeltaOp::Have(0) => rebuilt.extend_from_slice(&chunk[..4096]),
-            DeltaOp::Have(n) => panic!("piece {n} was never offered"),
+            DeltaOp::Have(n) => {
+                let at: usize = have[..n as usize].iter().map(|p| p.len as usize).sum();
+                rebuilt.extend_from_slice(&chunk[at..at + have[n as usize].len as usize]);
+                referred += 1;
+            }
             DeltaOp::Bytes(bytes) => rebuilt.extend_from_slice(&bytes),
         }
     }
     assert_eq!(rebuilt, chunk);
+    assert_eq!(referred, have.len(), "every offered piece is the chunk's: all referred to");
+    assert_survived(&victim, &honest, &serve.log_text());
+}
+
+#[test]
+fn resend_and_edit_floods_are_refused_with_bounded_memory() {
+    let (victim, mallory, honest) = victim_mallory_honest();
+    let base_data = random_bytes(51, 3 << 20);
+    victim.write("big.bin", &base_data);
+    victim.scan();
+    let base = victim.entry("big.bin").unwrap();
+    let base_sequence = base["sequence"].as_u64().unwrap();
+    let chunks = base["chunks"].as_u64().unwrap() as u32;
+    let base_hash: Hash = base["hash"].as_str().unwrap().parse().unwrap();
+    let serve = victim.serve();
+    let folder = || FolderId::new("docs").unwrap();
+    let resend = |folder: &str, n: usize| {
+        let paths = (0..n).map(|i| RelPath::new(format!("p{i}")).unwrap()).collect();
+        let message = Message::Resend(Resend { folder: FolderId::new(folder).unwrap(), paths });
+        encode_frame(&message).unwrap()
+    };
+    // edits for paths the victim never had: each is asked for again, up to a limit
+    let invented: Vec<u8> = (0..17)
+        .flat_map(|b| {
+            let records = (0..1000)
+                .map(|i| {
+                    let mut record = record_of(&format!("x{b}/{i}"), b"", 1);
+                    record.size = 1;
+                    let edit = ChunkEdit {
+                        base_sequence: 1,
+                        base_hash: Hash::ZERO,
+                        ops: vec![ChunkOp::Add(vec![NewChunk { len: 1, hash: Hash::ZERO }])],
+                    };
+                    EditedRecord { record, edit: Some(edit) }
+                })
+                .collect();
+            let batch = EditBatch { folder: folder(), records };
+            encode_frame(&Message::IndexEdits(batch)).unwrap()
+        })
+        .collect();
+    // records of one batch that each stay under the per-list limit, but not together
+    let repeat = ChunkEdit {
+        base_sequence,
+        base_hash,
+        ops: vec![
+            ChunkOp::Keep { start: 0, count: chunks };
+            (MAX_EDITED_CHUNKS / 2) / chunks as usize
+        ],
+    };
+    let heavy = EditBatch {
+        folder: folder(),
+        records: (0..4)
+            .map(|_| {
+                let mut record = record_of("big.bin", b"", 1);
+                record.chunks = Vec::new();
+                EditedRecord { record, edit: Some(repeat.clone()) }
+            })
+            .collect(),
+    };
+    let heavy = encode_frame(&Message::IndexEdits(heavy)).unwrap();
+    let flood: Vec<u8> = (0..2000).flat_map(|_| resend("docs", 1000)).collect();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (resend("private", 1), "Resend of 1 paths in folder private"),
+        (resend("docs", 1001), "Resend of 1001 paths"),
+        (flood, "Resend requests waiting"),
+        (invented, "edits whose base this device does not hold"),
+        (heavy, "the edits build more than"),
+    ];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for (attack, why) in cases {
+        runtime.block_on(async {
+            let mallory = open_session_speaking(&mallory, &victim, &["docs"], 2).await;
+            send_and_expect_close(mallory, &attack, false).await;
+        });
+        assert!(wait_until(20, || serve.log_text().contains(why)), "{why}: {}", serve.log_text());
+    }
+    assert!(proc_status_kib(serve.pid(), "VmHWM") < 512 * 1024, "memory grew past 512 MiB");
     assert_survived(&victim, &honest, &serve.log_text());
 }

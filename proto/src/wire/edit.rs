@@ -72,8 +72,9 @@ pub enum EditError {
         /// The base's length.
         base: usize,
     },
-    /// The rebuilt list would have more than [`MAX_EDITED_CHUNKS`] chunks.
-    #[error("the edit builds more than {MAX_EDITED_CHUNKS} chunks")]
+    /// The rebuilt list (or the lists of one batch together) would have more than
+    /// [`MAX_EDITED_CHUNKS`] chunks.
+    #[error("the edits build more than {MAX_EDITED_CHUNKS} chunks")]
     TooLong,
 }
 
@@ -129,30 +130,34 @@ impl ChunkEdit {
             .sum()
     }
 
-    /// The list this edit builds from `base`, with offsets counted from 0. Fails without
-    /// allocating the result when a run is outside `base` or the result would be too long.
-    pub fn apply(&self, base: &[ChunkRef]) -> Result<Vec<ChunkRef>, EditError> {
+    /// How many chunks the edit builds from a base of `base` chunks, checking every run is
+    /// inside it and the result is at most `limit` chunks (at most [`MAX_EDITED_CHUNKS`]).
+    pub fn built_len(&self, base: usize, limit: usize) -> Result<usize, EditError> {
+        let limit = limit.min(MAX_EDITED_CHUNKS);
         let mut total = 0usize;
         for op in &self.ops {
             let n = match op {
                 ChunkOp::Keep { start, count } => {
                     let end = (*start as usize).checked_add(*count as usize);
-                    if *count == 0 || end.is_none_or(|end| end > base.len()) {
-                        return Err(EditError::OutOfRange {
-                            start: *start,
-                            count: *count,
-                            base: base.len(),
-                        });
+                    if *count == 0 || end.is_none_or(|end| end > base) {
+                        return Err(EditError::OutOfRange { start: *start, count: *count, base });
                     }
                     *count as usize
                 }
                 ChunkOp::Add(added) => added.len(),
             };
             total = total.saturating_add(n);
-            if total > MAX_EDITED_CHUNKS {
+            if total > limit {
                 return Err(EditError::TooLong);
             }
         }
+        Ok(total)
+    }
+
+    /// The list this edit builds from `base`, with offsets counted from 0. Fails without
+    /// allocating the result when a run is outside `base` or the result would be too long.
+    pub fn apply(&self, base: &[ChunkRef]) -> Result<Vec<ChunkRef>, EditError> {
+        let total = self.built_len(base.len(), MAX_EDITED_CHUNKS)?;
         let mut out = Vec::with_capacity(total);
         let mut offset = 0u64;
         let mut push = |len: u32, hash: Hash| {
