@@ -297,15 +297,7 @@ impl Index {
     /// chunks too small to be located are listed, and the key is a prefix of the hash, so
     /// the caller must verify what it reads.
     pub fn files_with_content(&self, hash: &Hash) -> Result<Vec<(String, String)>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_multimap_table(CONTENTS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for value in table.get(content_key(hash)).map_err(db_err)? {
-            let value = value.map_err(db_err)?;
-            let (folder, path) = value.value();
-            out.push((folder.to_string(), path.to_string()));
-        }
-        Ok(out)
+        self.snapshot()?.files_with_content(hash)
     }
 
     /// The folder's metadata, if it was ever written.
