@@ -694,17 +694,15 @@ impl<'a> Writer<'a> {
         if self.pending.is_empty() {
             return Ok(());
         }
+        let pending = std::mem::take(&mut self.pending);
+        let events: Vec<Event> = pending
+            .iter()
+            .filter(|(_, is_change)| *is_change)
+            .filter_map(|(local, _)| self.change_event(&local.record))
+            .collect();
         let mut batch = self.index.write()?;
-        for (local, is_change) in std::mem::take(&mut self.pending) {
-            if is_change {
-                if let Some(event) = self.change_event(&local.record) {
-                    batch.log_event(&event)?;
-                }
-                batch.put_change(self.target.folder, local)?;
-            } else {
-                batch.put_unchanged(self.target.folder, &local)?;
-            }
-        }
+        batch.log_events(&events)?;
+        batch.put_records(self.target.folder, pending)?;
         batch.commit()
     }
 

@@ -487,12 +487,8 @@ impl<'a> Executor<'a> {
         let folder = self.cfg.id.as_str();
         let unsettled: Vec<&FileRecord> = self.unsettled.iter().collect();
         let result = self.inner.index.write().and_then(|mut batch| {
-            for stored in self.pending.drain(..) {
-                batch.put_change(folder, stored)?;
-            }
-            for event in self.events.drain(..) {
-                batch.log_event(&event)?;
-            }
+            batch.put_records(folder, self.pending.drain(..).map(|stored| (stored, true)))?;
+            batch.log_events(&std::mem::take(&mut self.events))?;
             if settle {
                 batch.set_applying(folder, &unsettled)?;
             }
