@@ -475,8 +475,7 @@ fn read_verified(
     len: u32,
     hash: &Hash,
 ) -> Option<Vec<u8>> {
-    fs.check_parents(from).ok()?;
-    let source = open_nofollow(&fs.abs(from)).ok()?;
+    let source = fs.open_file(from).ok()?;
     read_at(&source, offset, len).ok().filter(|data| Hash::of(data) == *hash)
 }
 
@@ -858,8 +857,7 @@ pub(crate) fn serve_read(fs: &FolderFs, request: &Request) -> Result<Vec<u8>, Er
     if request.size > MAX_REQUEST {
         return Err(ErrorCode::Invalid);
     }
-    fs.check_parents(&request.path).map_err(|_| ErrorCode::NoSuchFile)?;
-    let file = open_nofollow(&fs.abs(&request.path)).map_err(|_| ErrorCode::NoSuchFile)?;
+    let file = fs.open_file(&request.path).map_err(|_| ErrorCode::NoSuchFile)?;
     if !file.metadata().is_ok_and(|m| m.is_file()) {
         return Err(ErrorCode::NoSuchFile);
     }

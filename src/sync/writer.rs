@@ -333,19 +333,39 @@ impl FolderFs {
     }
 
     /// The directory holding `rel`, opened (as a handle for `*at` calls) without following
-    /// any symlink below the root and without leaving it: the check of
-    /// [`Self::check_parents`] and the open in one step, where the kernel has `openat2`.
+    /// any symlink below the root and without leaving it.
     fn open_dir(&self, rel: &RelPath) -> Result<OwnedFd, rustix::io::Errno> {
-        let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let root = rustix::fs::open(&self.root, dir_flags, Mode::empty())?;
-        let Some(parent) = rel.parent() else { return Ok(root) };
+        self.open_beneath(rel.parent().as_ref(), OFlags::PATH | OFlags::DIRECTORY, rel)
+    }
+
+    /// Opens the file `rel` for reading, through no symlink (neither a parent nor `rel`
+    /// itself) and never outside the root.
+    pub fn open_file(&self, rel: &RelPath) -> io::Result<File> {
+        let fd = self.open_beneath(Some(rel), OFlags::RDONLY, rel)?;
+        Ok(File::from(fd))
+    }
+
+    /// Opens `path` below the root (`None`: the root itself) with `flags`, following no
+    /// symlink below the root (the root itself may be one) and never leaving it: where the
+    /// kernel has `openat2`, the check of [`Self::check_parents`] and the open are one step
+    /// (one path walk instead of one per parent, and no window between them); elsewhere
+    /// `checked`'s parents are checked, then `path` is opened with `O_NOFOLLOW`.
+    fn open_beneath(
+        &self,
+        path: Option<&RelPath>,
+        flags: OFlags,
+        checked: &RelPath,
+    ) -> Result<OwnedFd, rustix::io::Errno> {
+        let root_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let root = rustix::fs::open(&self.root, root_flags, Mode::empty())?;
+        let Some(path) = path else { return Ok(root) };
+        let flags = flags | OFlags::CLOEXEC;
         if !NO_OPENAT2.load(Ordering::Relaxed) {
             let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
             let mut result = Err(rustix::io::Errno::AGAIN);
             // EAGAIN: a rename elsewhere raced the lookup; the kernel asks for a retry
             for _ in 0..8 {
-                result =
-                    rustix::fs::openat2(&root, parent.as_str(), dir_flags, Mode::empty(), resolve);
+                result = rustix::fs::openat2(&root, path.as_str(), flags, Mode::empty(), resolve);
                 if !matches!(result, Err(rustix::io::Errno::AGAIN)) {
                     break;
                 }
@@ -355,9 +375,8 @@ impl FolderFs {
                 other => return other,
             }
         }
-        // no openat2: check every parent, then open the last with O_NOFOLLOW
-        self.check_parents(rel).map_err(|_| rustix::io::Errno::NOTDIR)?;
-        rustix::fs::open(self.abs(&parent), dir_flags | OFlags::NOFOLLOW, Mode::empty())
+        self.check_parents(checked).map_err(|_| rustix::io::Errno::NOTDIR)?;
+        rustix::fs::open(self.abs(path), flags | OFlags::NOFOLLOW, Mode::empty())
     }
 
     /// Why `rel`'s directory could not be opened: the parent that is not a real directory
@@ -920,6 +939,28 @@ mod tests {
         assert!(matches!(results[0], Err(ApplyError::UnsafeParent { .. })), "{:?}", results[0]);
         assert!(results[1].is_ok(), "{:?}", results[1]);
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "written through a symlink");
+    }
+
+    #[test]
+    fn files_are_read_through_no_symlink_with_or_without_openat2() {
+        let (dir, fs) = folder();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), b"not shared").unwrap();
+        fs::write(fs.root().join("a/b/plain"), b"shared").unwrap();
+        symlink_dir(&outside, &fs.root().join("a/link"));
+        symlink_dir(&outside.join("secret"), &fs.root().join("a/b/alias"));
+        for without_openat2 in [false, true] {
+            NO_OPENAT2.store(without_openat2, Ordering::Relaxed);
+            let read = |p: &str| fs.open_file(&RelPath::new(p.to_string()).unwrap());
+            let mut plain = String::new();
+            io::Read::read_to_string(&mut read("a/b/plain").unwrap(), &mut plain).unwrap();
+            assert_eq!(plain, "shared");
+            assert!(read("a/link/secret").is_err(), "read through a symlinked parent");
+            assert!(read("a/b/alias").is_err(), "read through a symlink");
+            assert!(read("a/b/missing").is_err());
+        }
+        NO_OPENAT2.store(false, Ordering::Relaxed);
     }
 
     fn symlink_dir(target: &Path, link: &Path) {
