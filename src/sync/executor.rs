@@ -12,16 +12,18 @@
 //! before their rename, and the batch's directories are fsynced before its records are
 //! committed, so the index never claims bytes the disk may not have. A crash between the two
 //! leaves files the scanner recognizes as the applied version (`rules::scanned_record`), not
-//! as new changes.
+//! as new changes. Commits run on the blocking pool, one at a time and in order, while
+//! transfers go on: a commit holds only steps that already finished.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tandem_proto::model::{DeviceId, FileRecord, RelPath};
+use tandem_proto::model::{DeviceId, FileRecord, FolderId, RelPath};
 use tandem_proto::rules::{Action, LocalChunk, Plan, Step};
 
 use crate::config::FolderConfig;
@@ -126,15 +128,13 @@ pub(crate) async fn execute(
         }
         let result = ex.apply(step).map(|()| None);
         ex.finish(step, result);
-        if ex.pending.len() >= COMMIT_BATCH {
-            ex.flush();
-        }
+        ex.flush();
     }
     if !group.is_empty() && !ex.outcome.rescan {
         in_flight.start(Transfer::Group(group), GROUP_WEIGHT, &mut ex, &plan).await;
     }
     in_flight.drain(&mut ex, &plan).await;
-    ex.flush_last();
+    ex.flush_last().await;
     ex.outcome
 }
 
@@ -171,6 +171,7 @@ impl Flight {
         for (i, result) in results {
             ex.finish(&plan.steps[i], result);
         }
+        ex.flush();
         true
     }
 }
@@ -228,6 +229,8 @@ struct Executor<'a> {
     unsettled: Vec<FileRecord>,
     /// A batch commit failed: its steps' records must stay in `applying` too.
     commit_failed: bool,
+    /// The commit running on the blocking pool, if any (one at a time, in order).
+    committing: Option<tokio::task::JoinHandle<Committed>>,
 }
 
 impl<'a> Executor<'a> {
@@ -250,6 +253,7 @@ impl<'a> Executor<'a> {
             steps_pending: 0,
             unsettled: Vec::new(),
             commit_failed: false,
+            committing: None,
         }
     }
 
@@ -461,9 +465,20 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
-    /// Makes the staged steps durable: directories first, then one index commit.
+    /// Starts making the staged steps durable once there are `COMMIT_BATCH` of them and the
+    /// previous commit is done: directories first, then one index commit, on the blocking
+    /// pool (`commit`). Run on the runner task, a commit stalled every transfer in flight,
+    /// whose futures that task polls; meanwhile steps keep finishing and wait for the next.
     fn flush(&mut self) {
-        self.commit(false);
+        if self.committing.as_ref().is_some_and(|c| !c.is_finished()) {
+            return;
+        }
+        if let Some(done) = self.committing.take().and_then(FutureExt::now_or_never) {
+            self.committed(done);
+        }
+        if self.pending.len() >= COMMIT_BATCH {
+            self.committing = Some(tokio::task::spawn_blocking(self.commit_job(false)));
+        }
     }
 
     /// The plan's last commit, which also empties its `applying` journal: every step that
@@ -471,38 +486,80 @@ impl<'a> Executor<'a> {
     /// failed rename may have happened, and the next scan must read it as this plan's
     /// version, not as a local change). Before, the journal stayed until the next scan, which
     /// read it whole: a first sync's 50,000 records, in the index and read at every start.
-    fn flush_last(&mut self) {
-        self.commit(!self.commit_failed);
+    async fn flush_last(&mut self) {
+        if let Some(running) = self.committing.take() {
+            self.committed(running.await);
+        }
+        let job = self.commit_job(!self.commit_failed);
+        self.committed(tokio::task::spawn_blocking(job).await);
     }
 
-    fn commit(&mut self, settle: bool) {
-        for dir in std::mem::take(&mut self.dirs) {
-            if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
-                tracing::warn!("folder {}: fsync {}: {e}", self.cfg.id, dir.display());
-            }
-        }
-        if self.pending.is_empty() && self.events.is_empty() && !settle {
-            return;
-        }
-        let folder = self.cfg.id.as_str();
-        let unsettled: Vec<&FileRecord> = self.unsettled.iter().collect();
-        let result = self.inner.index.write().and_then(|mut batch| {
-            batch.put_records(folder, self.pending.drain(..).map(|stored| (stored, true)))?;
-            batch.log_events(&std::mem::take(&mut self.events))?;
-            if settle {
-                batch.set_applying(folder, &unsettled)?;
-            }
-            batch.commit()
-        });
+    /// What the next commit writes: the staged steps (and, with `settle`, the journal of
+    /// the failed ones), taken out of the executor.
+    fn commit_job(&mut self, settle: bool) -> impl FnOnce() -> Committed + Send + 'static {
+        let job = CommitJob {
+            inner: self.inner.clone(),
+            folder: self.cfg.id.clone(),
+            dirs: std::mem::take(&mut self.dirs),
+            pending: std::mem::take(&mut self.pending),
+            events: std::mem::take(&mut self.events),
+            settle: settle.then(|| self.unsettled.clone()),
+            steps: std::mem::take(&mut self.steps_pending),
+        };
+        move || job.run()
+    }
+
+    /// Records how a commit went.
+    fn committed(&mut self, done: Result<Committed, tokio::task::JoinError>) {
+        let result = done.unwrap_or_else(|e| (0, Err(format!("internal task failed: {e}"))));
         match result {
-            Ok(()) => self.outcome.committed += std::mem::take(&mut self.steps_pending),
-            Err(e) => {
+            (steps, Ok(())) => self.outcome.committed += steps,
+            (_, Err(e)) => {
                 tracing::error!("folder {}: committing the index: {e}; rescanning", self.cfg.id);
-                self.steps_pending = 0;
                 self.outcome.rescan = true;
                 self.commit_failed = true;
             }
         }
+    }
+}
+
+/// A commit's steps and its result.
+type Committed = (usize, Result<(), String>);
+
+/// One commit of finished steps (see `Executor::flush`), run on the blocking pool.
+struct CommitJob {
+    inner: Arc<Inner>,
+    folder: FolderId,
+    dirs: BTreeSet<PathBuf>,
+    pending: Vec<LocalRecord>,
+    events: Vec<Event>,
+    /// The journal of failed steps to leave in `applying`: the plan's last commit.
+    settle: Option<Vec<FileRecord>>,
+    steps: usize,
+}
+
+impl CommitJob {
+    /// The steps' directories are made durable (their files already are), then their
+    /// records are committed: the index never claims a name the disk may not have.
+    fn run(self) -> Committed {
+        for dir in &self.dirs {
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                tracing::warn!("folder {}: fsync {}: {e}", self.folder, dir.display());
+            }
+        }
+        if self.pending.is_empty() && self.events.is_empty() && self.settle.is_none() {
+            return (self.steps, Ok(()));
+        }
+        let folder = self.folder.as_str();
+        let result = self.inner.index.write().and_then(|mut batch| {
+            batch.put_records(folder, self.pending.into_iter().map(|stored| (stored, true)))?;
+            batch.log_events(&self.events)?;
+            if let Some(unsettled) = &self.settle {
+                batch.set_applying(folder, &unsettled.iter().collect::<Vec<_>>())?;
+            }
+            batch.commit()
+        });
+        (self.steps, result.map_err(|e| e.to_string()))
     }
 }
 
