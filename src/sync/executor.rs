@@ -56,6 +56,10 @@ pub(crate) struct Outcome {
     pub committed: usize,
     /// A path differed from the index: rescan before planning again.
     pub rescan: bool,
+    /// Paths this plan brought to the global version and committed, and on which no step
+    /// failed (see `settles`): the next round need not judge them again, which for a first
+    /// sync meant reading every record once more after the last file arrived.
+    pub settled: Vec<RelPath>,
 }
 
 /// A transfer that runs concurrently with the rest of the plan.
@@ -95,7 +99,7 @@ pub(crate) async fn execute(
     });
     if let Err(e) = journal {
         tracing::error!("folder {}: recording the plan: {e}; rescanning", cfg.id);
-        return Outcome { committed: 0, rescan: true };
+        return Outcome { rescan: true, ..Outcome::default() };
     }
     let mut ex = Executor::new(inner, cfg, local);
     let mut in_flight = Flight { inner: inner.clone(), running: FuturesUnordered::new(), used: 0 };
@@ -135,7 +139,29 @@ pub(crate) async fn execute(
     }
     in_flight.drain(&mut ex, &plan).await;
     ex.flush_last().await;
+    if !ex.commit_failed {
+        let failed = std::mem::take(&mut ex.failed_paths);
+        ex.outcome.settled = std::mem::take(&mut ex.settled);
+        ex.outcome.settled.retain(|path| !failed.contains(path));
+    }
     ex.outcome
+}
+
+/// True when a successful `step` leaves its path at the global version, its need settled:
+/// it takes that version (the planner commits the global record with the local vector
+/// merged in). Not so for a conflict rename (the path still needs the winner), a sync
+/// rename's source, or a kept directory.
+fn settles(step: &Step) -> bool {
+    matches!(
+        step.action,
+        Action::Pull { .. }
+            | Action::CopyLocal { .. }
+            | Action::MakeDir { .. }
+            | Action::MakeSymlink { .. }
+            | Action::SetMetadata { .. }
+            | Action::Delete { .. }
+            | Action::Record { .. }
+    ) && step.commit.iter().all(|r| r.path == *step.path())
 }
 
 /// The transfers running concurrently with the plan, and the slots they take.
@@ -229,6 +255,10 @@ struct Executor<'a> {
     unsettled: Vec<FileRecord>,
     /// A batch commit failed: its steps' records must stay in `applying` too.
     commit_failed: bool,
+    /// Paths of successful steps that settle them (see [`settles`]).
+    settled: Vec<RelPath>,
+    /// Paths on which a step failed or found a local change.
+    failed_paths: BTreeSet<RelPath>,
     /// The commit running on the blocking pool, if any (one at a time, in order).
     committing: Option<tokio::task::JoinHandle<Committed>>,
 }
@@ -253,6 +283,8 @@ impl<'a> Executor<'a> {
             steps_pending: 0,
             unsettled: Vec::new(),
             commit_failed: false,
+            settled: Vec::new(),
+            failed_paths: BTreeSet::new(),
             committing: None,
         }
     }
@@ -335,10 +367,16 @@ impl<'a> Executor<'a> {
     fn finish(&mut self, step: &Step, result: Pulled) {
         match result {
             Ok(installed) => match self.stage(step, installed) {
-                Ok(()) => self.inner.step_succeeded(&self.cfg.id, step.path()),
+                Ok(()) => {
+                    self.inner.step_succeeded(&self.cfg.id, step.path());
+                    if settles(step) {
+                        self.settled.push(step.path().clone());
+                    }
+                }
                 Err(e) => self.failed(step, &e),
             },
             Err(ApplyError::LocalChange(path)) => {
+                self.failed_paths.insert(step.path().clone());
                 tracing::info!(
                     "folder {}: {path} changed locally; rescanning before deciding",
                     self.cfg.id
@@ -353,6 +391,7 @@ impl<'a> Executor<'a> {
     /// per-file problem (shown by `status`) and retried with backoff; the log and the event
     /// log hear about it once per distinct error, not on every retry.
     fn failed(&mut self, step: &Step, error: &ApplyError) {
+        self.failed_paths.insert(step.path().clone());
         self.unsettled.extend(step.commit.iter().cloned());
         let text = error.to_string();
         if self.inner.step_failed(&self.cfg.id, step.path(), &text) {
@@ -625,6 +664,7 @@ mod tests {
         assert_eq!(outcome.committed, 1);
         assert!(root.join("made").is_dir());
         let made = RelPath::new("made".to_string()).unwrap();
+        assert_eq!(outcome.settled, vec![made.clone()], "only the step that succeeded settles");
         assert!(inner.index.record("f", &made).unwrap().is_some(), "the made dir is committed");
         let journal: Vec<String> =
             inner.index.applying("f").unwrap().iter().map(|r| r.path.to_string()).collect();

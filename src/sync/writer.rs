@@ -103,6 +103,9 @@ pub struct NewFile {
 /// The kernel has no `openat2` (before Linux 5.6): directories are checked, then opened.
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
+/// A filesystem refused `renameat2(RENAME_NOREPLACE)`: the target is checked, then replaced.
+static NO_RENAME_NOREPLACE: AtomicBool = AtomicBool::new(false);
+
 impl FolderFs {
     /// Operations under `root`.
     pub fn new(root: PathBuf) -> Self {
@@ -310,6 +313,21 @@ impl FolderFs {
         let rel = &new.record.path;
         let errno = |e: rustix::io::Errno| ApplyError::Io { path: rel.clone(), source: e.into() };
         let name = rel.file_name();
+        let expected_absent = new.indexed.as_ref().is_none_or(|l| l.record.deleted);
+        if expected_absent && !NO_RENAME_NOREPLACE.load(Ordering::Relaxed) {
+            // nothing should be there: the kernel checks that and renames in one step
+            let flags = rustix::fs::RenameFlags::NOREPLACE;
+            match rustix::fs::renameat_with(dir, temp_name(&new.record), dir, name, flags) {
+                Ok(()) => {
+                    return temp.metadata().map(|m| StatKey::from_metadata(&m)).map_err(io_at(rel));
+                }
+                Err(rustix::io::Errno::EXIST) => {} // something is there: say what, below
+                Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                    NO_RENAME_NOREPLACE.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(errno(e)),
+            }
+        }
         let current = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => Some(stat_key(&stat)),
             Err(rustix::io::Errno::NOENT) => None,
