@@ -297,15 +297,7 @@ impl Index {
     /// chunks too small to be located are listed, and the key is a prefix of the hash, so
     /// the caller must verify what it reads.
     pub fn files_with_content(&self, hash: &Hash) -> Result<Vec<(String, String)>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_multimap_table(CONTENTS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for value in table.get(content_key(hash)).map_err(db_err)? {
-            let value = value.map_err(db_err)?;
-            let (folder, path) = value.value();
-            out.push((folder.to_string(), path.to_string()));
-        }
-        Ok(out)
+        self.snapshot()?.files_with_content(hash)
     }
 
     /// The folder's metadata, if it was ever written.
@@ -575,22 +567,53 @@ impl WriteBatch {
         local.record.sequence = meta.next_sequence;
         meta.next_sequence += 1;
         self.put_meta(folder, &meta)?;
-        self.replace(folder, &local, true)?;
-        Ok(local.record.sequence)
+        let sequence = local.record.sequence;
+        let mut tables = Tables::open(&self.txn)?;
+        tables.replace(folder, &local, true)?;
+        self.rows += 1;
+        Ok(sequence)
+    }
+
+    /// Stores many records of `folder` as [`Self::put_change`] (`true`: a local change, which
+    /// takes the folder's next sequence number, in order) or [`Self::put_unchanged`]
+    /// (`false`) would one by one, opening each table once for all of them: per record, the
+    /// table opens and the folder's metadata cost more than the rows.
+    pub fn put_records(
+        &mut self,
+        folder: &str,
+        records: impl IntoIterator<Item = (LocalRecord, bool)>,
+    ) -> Result<(), StoreError> {
+        let mut meta: Option<FolderMeta> = None;
+        {
+            let mut tables = Tables::open(&self.txn)?;
+            for (mut local, is_change) in records {
+                if is_change {
+                    let meta = match &mut meta {
+                        Some(meta) => meta,
+                        None => meta.insert(self.meta(folder)?),
+                    };
+                    local.record.sequence = meta.next_sequence;
+                    meta.next_sequence += 1;
+                }
+                tables.replace(folder, &local, is_change)?;
+                self.rows += 1;
+            }
+        }
+        match meta {
+            Some(meta) => self.put_meta(folder, &meta),
+            None => Ok(()),
+        }
     }
 
     /// Forgets a path entirely (no tombstone): for a receive-only local addition that is
     /// reverted, which no peer ever saw.
     pub fn remove_record(&mut self, folder: &str, path: &RelPath) -> Result<(), StoreError> {
-        let old = {
-            let files = self.txn.open_table(FILES).map_err(db_err)?;
-            let value = files.get((folder, path.as_str())).map_err(db_err)?;
-            value.map(|v| decode_entry(folder, path.as_str(), v.value())).transpose()?
-        };
+        let mut tables = Tables::open(&self.txn)?;
+        let old = tables.files.get((folder, path.as_str())).map_err(db_err)?;
+        let old = old.map(|v| decode_entry(folder, path.as_str(), v.value())).transpose()?;
         if let Some(old) = old {
-            self.unlink(folder, &old.record)?;
-            let mut files = self.txn.open_table(FILES).map_err(db_err)?;
-            files.remove((folder, path.as_str())).map_err(db_err)?;
+            tables.unlink(folder, &old.record)?;
+            tables.files.remove((folder, path.as_str())).map_err(db_err)?;
             self.rows += 1;
         }
         Ok(())
@@ -599,7 +622,9 @@ impl WriteBatch {
     /// Stores a record as given, keeping its sequence number: for stat-only updates, where
     /// nothing a peer sees has changed.
     pub fn put_unchanged(&mut self, folder: &str, local: &LocalRecord) -> Result<(), StoreError> {
-        self.replace(folder, local, false)
+        Tables::open(&self.txn)?.replace(folder, local, false)?;
+        self.rows += 1;
+        Ok(())
     }
 
     /// Stores records `peer` announced for `folder`. With `replace`, everything held from
@@ -729,12 +754,20 @@ impl WriteBatch {
 
     /// Appends an event to the log (dropping the oldest past [`MAX_EVENTS`]).
     pub fn log_event(&mut self, event: &Event) -> Result<(), StoreError> {
+        self.log_events(std::slice::from_ref(event))
+    }
+
+    /// Appends `events` to the event log, in order (the table opened once for all).
+    pub fn log_events(&mut self, events: &[Event]) -> Result<(), StoreError> {
         let mut table = self.txn.open_table(EVENTS).map_err(db_err)?;
-        let last = table.last().map_err(db_err)?.map(|(k, _)| k.value()).unwrap_or(0);
-        let id = last + 1;
-        table.insert(id, records::encode_event(event).as_slice()).map_err(db_err)?;
-        if id > MAX_EVENTS {
-            table.remove(id - MAX_EVENTS).map_err(db_err)?;
+        let mut last = table.last().map_err(db_err)?.map(|(k, _)| k.value()).unwrap_or(0);
+        for event in events {
+            let id = last + 1;
+            table.insert(id, records::encode_event(event).as_slice()).map_err(db_err)?;
+            if id > MAX_EVENTS {
+                table.remove(id - MAX_EVENTS).map_err(db_err)?;
+            }
+            last = id;
         }
         Ok(())
     }
@@ -742,10 +775,12 @@ impl WriteBatch {
     /// Removes every trace of a folder.
     pub fn remove_folder(&mut self, folder: &str) -> Result<(), StoreError> {
         let records = self.folder_records(folder)?;
-        for local in &records {
-            self.unlink(folder, &local.record)?;
-            let mut files = self.txn.open_table(FILES).map_err(db_err)?;
-            files.remove((folder, local.record.path.as_str())).map_err(db_err)?;
+        {
+            let mut tables = Tables::open(&self.txn)?;
+            for local in &records {
+                tables.unlink(folder, &local.record)?;
+                tables.files.remove((folder, local.record.path.as_str())).map_err(db_err)?;
+            }
         }
         self.rows += records.len() as u64;
         self.set_applying(folder, &[])?;
@@ -777,7 +812,30 @@ impl WriteBatch {
         table.insert(folder, records::encode_meta(meta).as_slice()).map_err(db_err)?;
         Ok(())
     }
+}
 
+/// The tables a local record's rows live in, open for one write transaction: a batch of
+/// records opens them once (each open and close of a table updates the transaction's table
+/// tree).
+struct Tables<'t> {
+    files: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    seqs: redb::Table<'t, (&'static str, u64), &'static str>,
+    chunks: redb::MultimapTable<'t, &'static [u8], (&'static str, &'static str, u64, u32)>,
+    contents: redb::MultimapTable<'t, u64, (&'static str, &'static str)>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            files: txn.open_table(FILES).map_err(db_err)?,
+            seqs: txn.open_table(SEQUENCES).map_err(db_err)?,
+            chunks: txn.open_multimap_table(CHUNKS).map_err(db_err)?,
+            contents: txn.open_multimap_table(CONTENTS).map_err(db_err)?,
+        })
+    }
+
+    /// Stores `local`; with `reindex`, its old version's sequence and chunk rows are replaced
+    /// by its own.
     fn replace(
         &mut self,
         folder: &str,
@@ -786,38 +844,32 @@ impl WriteBatch {
     ) -> Result<(), StoreError> {
         let path = local.record.path.as_str();
         if reindex {
-            let old = {
-                let files = self.txn.open_table(FILES).map_err(db_err)?;
-                let value = files.get((folder, path)).map_err(db_err)?;
-                value.map(|v| decode_entry(folder, path, v.value())).transpose()?
-            };
+            let old = self.files.get((folder, path)).map_err(db_err)?;
+            let old = old.map(|v| decode_entry(folder, path, v.value())).transpose()?;
             if let Some(old) = old {
                 self.unlink(folder, &old.record)?;
             }
             self.link(folder, &local.record)?;
         }
-        let mut files = self.txn.open_table(FILES).map_err(db_err)?;
-        files.insert((folder, path), records::encode_file(local).as_slice()).map_err(db_err)?;
-        self.rows += 1;
+        self.files
+            .insert((folder, path), records::encode_file(local).as_slice())
+            .map_err(db_err)?;
         Ok(())
     }
 
     /// Adds a record's sequence and chunk entries.
     fn link(&mut self, folder: &str, record: &FileRecord) -> Result<(), StoreError> {
         let path = record.path.as_str();
-        let mut seqs = self.txn.open_table(SEQUENCES).map_err(db_err)?;
-        seqs.insert((folder, record.sequence), path).map_err(db_err)?;
+        self.seqs.insert((folder, record.sequence), path).map_err(db_err)?;
         if record.deleted {
             return Ok(());
         }
-        let mut chunks = self.txn.open_multimap_table(CHUNKS).map_err(db_err)?;
         for chunk in record.chunks.iter().filter(|c| c.len >= MIN_LOCATED_CHUNK) {
             let location = (folder, path, chunk.offset, chunk.len);
-            chunks.insert(chunk.hash.as_bytes().as_slice(), location).map_err(db_err)?;
+            self.chunks.insert(chunk.hash.as_bytes().as_slice(), location).map_err(db_err)?;
         }
         if by_content(record) {
-            let mut contents = self.txn.open_multimap_table(CONTENTS).map_err(db_err)?;
-            contents.insert(content_key(&record.hash), (folder, path)).map_err(db_err)?;
+            self.contents.insert(content_key(&record.hash), (folder, path)).map_err(db_err)?;
         }
         Ok(())
     }
@@ -825,18 +877,15 @@ impl WriteBatch {
     /// Removes a record's sequence and chunk entries.
     fn unlink(&mut self, folder: &str, record: &FileRecord) -> Result<(), StoreError> {
         let path = record.path.as_str();
-        let mut seqs = self.txn.open_table(SEQUENCES).map_err(db_err)?;
-        seqs.remove((folder, record.sequence)).map_err(db_err)?;
-        let mut chunks = self.txn.open_multimap_table(CHUNKS).map_err(db_err)?;
+        self.seqs.remove((folder, record.sequence)).map_err(db_err)?;
         // every chunk, not only located ones: an index written before MIN_LOCATED_CHUNK has
         // rows for small chunks too
         for chunk in &record.chunks {
             let location = (folder, path, chunk.offset, chunk.len);
-            chunks.remove(chunk.hash.as_bytes().as_slice(), location).map_err(db_err)?;
+            self.chunks.remove(chunk.hash.as_bytes().as_slice(), location).map_err(db_err)?;
         }
         if by_content(record) {
-            let mut contents = self.txn.open_multimap_table(CONTENTS).map_err(db_err)?;
-            contents.remove(content_key(&record.hash), (folder, path)).map_err(db_err)?;
+            self.contents.remove(content_key(&record.hash), (folder, path)).map_err(db_err)?;
         }
         Ok(())
     }
@@ -1060,5 +1109,72 @@ mod tests {
         batch.remove_record("f", &small.path).unwrap();
         batch.commit().unwrap();
         assert!(index.files_with_content(&small.hash).unwrap().is_empty());
+    }
+
+    /// What an index says about folder `f`: every change in sequence order (with its stat),
+    /// the chunk locations and content rows of `paths`, and the event log.
+    fn observable(index: &Index, paths: &[&str]) -> String {
+        let changes = index.changes_since("f", 0, usize::MAX).unwrap();
+        let mut out = format!("{changes:?}");
+        for path in paths {
+            let record = index.record("f", &RelPath::new(*path).unwrap()).unwrap().unwrap();
+            let hash = record.record.hash;
+            out += &format!("\n{path}: {:?}", index.chunk_locations(&hash).unwrap());
+            out += &format!(" {:?}", index.files_with_content(&hash).unwrap());
+        }
+        let events = index.events(0, 100).unwrap();
+        out + &format!("\n{events:?}")
+    }
+
+    #[test]
+    fn a_batch_of_records_is_stored_as_one_by_one_puts_would_store_it() {
+        let paths = ["a", "b/big", "b/small", "c"];
+        let (small, big) = (100, MIN_LOCATED_CHUNK);
+        let first = [record("a", small), record("b/big", big), record("b/small", small)];
+        // a second round: changed and unchanged records, one of them over an existing path
+        let mut changed = record("b/small", big);
+        changed.hash = Hash::of(b"new content");
+        changed.chunks[0].hash = changed.hash;
+        let mut unchanged = LocalRecord { record: record("a", small), stat: StatKey::default() };
+        unchanged.record.sequence = 1;
+        unchanged.stat.size = 99;
+        let second = [(changed, true), (record("c", small), true)];
+        let event = |n: u64| Event {
+            time_ns: n as i64,
+            folder: "f".into(),
+            path: format!("p{n}"),
+            kind: EventKind::Updated,
+            device: None,
+            detail: String::new(),
+        };
+        let local = |r: &FileRecord| LocalRecord { record: r.clone(), stat: StatKey::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let one_by_one = Index::open(&dir.path().join("one.redb")).unwrap();
+        let mut batch = one_by_one.write().unwrap();
+        for r in &first {
+            batch.put_change("f", local(r)).unwrap();
+        }
+        batch.log_event(&event(1)).unwrap();
+        batch.log_event(&event(2)).unwrap();
+        batch.commit().unwrap();
+        let mut batch = one_by_one.write().unwrap();
+        batch.put_unchanged("f", &unchanged).unwrap();
+        for (r, _) in &second {
+            batch.put_change("f", local(r)).unwrap();
+        }
+        batch.commit().unwrap();
+        let batched = Index::open(&dir.path().join("batched.redb")).unwrap();
+        let mut batch = batched.write().unwrap();
+        batch.put_records("f", first.iter().map(|r| (local(r), true))).unwrap();
+        batch.log_events(&[event(1), event(2)]).unwrap();
+        batch.commit().unwrap();
+        let mut batch = batched.write().unwrap();
+        let rest = second.iter().map(|(r, change)| (local(r), *change));
+        batch.put_records("f", std::iter::once((unchanged.clone(), false)).chain(rest)).unwrap();
+        batch.commit().unwrap();
+        assert_eq!(observable(&batched, &paths), observable(&one_by_one, &paths));
+        let seqs: Vec<u64> =
+            batched.changes_since("f", 0, 10).unwrap().iter().map(|l| l.record.sequence).collect();
+        assert_eq!(seqs, vec![1, 2, 4, 5], "b/small's first version (3) was replaced");
     }
 }

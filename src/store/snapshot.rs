@@ -12,15 +12,16 @@ use std::collections::BTreeMap;
 use redb::{ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction};
 use tandem_proto::model::{FileRecord, Hash, RelPath};
 
-use super::tables::{CHUNKS, FILES, PEER_FILES};
+use super::tables::{CHUNKS, CONTENTS, FILES, PEER_FILES};
 use super::{
-    ChunkLocation, Index, LocalRecord, StoreError, db_err, decode_entry, decode_peer_entry,
-    peer_number,
+    ChunkLocation, Index, LocalRecord, StoreError, content_key, db_err, decode_entry,
+    decode_peer_entry, peer_number,
 };
 
 type FilesTable = ReadOnlyTable<(&'static str, &'static str), &'static [u8]>;
 type PeerFilesTable = ReadOnlyTable<(&'static str, u32, &'static str), &'static [u8]>;
 type ChunksTable = ReadOnlyMultimapTable<&'static [u8], (&'static str, &'static str, u64, u32)>;
+type ContentsTable = ReadOnlyMultimapTable<u64, (&'static str, &'static str)>;
 
 /// The index as of one moment; reads through it never see later commits.
 pub struct Snapshot {
@@ -29,6 +30,8 @@ pub struct Snapshot {
     peer_files: Option<Option<PeerFilesTable>>,
     /// Opened on the first chunk lookup.
     chunks: Option<ChunksTable>,
+    /// Opened on the first content lookup.
+    contents: Option<ContentsTable>,
     /// Peer numbers looked up so far (`None`: the peer has no records).
     numbers: BTreeMap<String, Option<u32>>,
     txn: ReadTransaction,
@@ -39,7 +42,8 @@ impl Index {
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let txn = self.read()?;
         let files = txn.open_table(FILES).map_err(db_err)?;
-        Ok(Snapshot { files, peer_files: None, chunks: None, numbers: BTreeMap::new(), txn })
+        let (peer_files, chunks, contents, numbers) = (None, None, None, BTreeMap::new());
+        Ok(Snapshot { files, peer_files, chunks, contents, numbers, txn })
     }
 }
 
@@ -116,6 +120,23 @@ impl Snapshot {
             let value = value.map_err(db_err)?;
             let (folder, path, offset, len) = value.value();
             out.push(ChunkLocation { folder: folder.into(), path: path.into(), offset, len });
+        }
+        Ok(out)
+    }
+
+    /// Local files (folder, path) whose whole content may hash to `hash`: only files with
+    /// chunks too small to be located are listed, and the key is a prefix of the hash, so
+    /// the caller must verify what it reads.
+    pub fn files_with_content(&mut self, hash: &Hash) -> Result<Vec<(String, String)>, StoreError> {
+        if self.contents.is_none() {
+            self.contents = Some(self.txn.open_multimap_table(CONTENTS).map_err(db_err)?);
+        }
+        let Some(table) = &self.contents else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for value in table.get(content_key(hash)).map_err(db_err)? {
+            let value = value.map_err(db_err)?;
+            let (folder, path) = value.value();
+            out.push((folder.to_string(), path.to_string()));
         }
         Ok(out)
     }

@@ -7,7 +7,9 @@
 //! filesystem in one pass and one cache flush, so the files that finish while one flush runs
 //! wait for the next one and share it — the group commit of databases. A flush covers a file
 //! only if the flush *started* after the file was written; the generation counters below
-//! track exactly that, so the guarantee per file is the same as its own `fsync`.
+//! track exactly that, so the guarantee per file is the same as its own `fsync`. A caller
+//! that finished many files itself (`sync_small_files`, for a group of pulled files) waits
+//! for one such flush for all of them.
 //!
 //! `syncfs` also writes other programs' dirty data on the same filesystem. So only small
 //! files share flushes (a large file's own data dominates its flush anyway), and when a
@@ -39,12 +41,46 @@ pub fn sync_file(file: &File, len: u64) -> io::Result<()> {
     if !cfg!(target_os = "linux") || len > SHARED_MAX {
         return file.sync_all();
     }
-    let dev = file.metadata()?.dev();
-    let group = {
-        let mut groups = GROUPS.lock().unwrap_or_else(PoisonError::into_inner);
-        groups.entry(dev).or_default().clone()
-    };
-    group.sync(file)
+    let results = group_of(file)?.sync(&[file]);
+    results.into_iter().next().unwrap_or(Ok(()))
+}
+
+/// Makes everything written to each of `files` durable, like `sync_all()` on each; the
+/// caller wrote them all before this call and none is larger than 1 MiB. Files on one
+/// filesystem share a single flush (their own `fsync`s while shared flushes are slow).
+/// Returns one result per file, in order.
+pub fn sync_small_files(files: &[&File]) -> Vec<io::Result<()>> {
+    if !cfg!(target_os = "linux") {
+        return files.iter().map(|f| f.sync_all()).collect();
+    }
+    let mut results: Vec<Option<io::Result<()>>> = files.iter().map(|_| None).collect();
+    let mut by_dev: Vec<(u64, Vec<usize>)> = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        match file.metadata() {
+            Ok(meta) => match by_dev.iter_mut().find(|(dev, _)| *dev == meta.dev()) {
+                Some((_, members)) => members.push(i),
+                None => by_dev.push((meta.dev(), vec![i])),
+            },
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
+    for (dev, members) in by_dev {
+        let group: Vec<&File> = members.iter().map(|&i| files[i]).collect();
+        let synced = group_for(dev).sync(&group);
+        for (i, result) in members.into_iter().zip(synced) {
+            results[i] = Some(result);
+        }
+    }
+    results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
+}
+
+fn group_of(file: &File) -> io::Result<Arc<Group>> {
+    Ok(group_for(file.metadata()?.dev()))
+}
+
+fn group_for(dev: u64) -> Arc<Group> {
+    let mut groups = GROUPS.lock().unwrap_or_else(PoisonError::into_inner);
+    groups.entry(dev).or_default().clone()
 }
 
 /// One group per filesystem (device id).
@@ -70,17 +106,20 @@ struct State {
 }
 
 impl Group {
-    fn sync(&self, file: &File) -> io::Result<()> {
+    /// Makes `files` (all on this group's filesystem, all written before the call) durable:
+    /// one flush started after this call covers them all. One result per file.
+    fn sync(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        let Some(first) = files.first() else { return Vec::new() };
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.solo_until.is_some_and(|until| Instant::now() < until) {
             drop(state);
-            return file.sync_all();
+            return files.iter().map(|f| f.sync_all()).collect();
         }
-        // the first flush to start from now on covers this file's writes
+        // the first flush to start from now on covers these files' writes
         let needed = state.started + 1;
         loop {
             if state.finished >= needed {
-                return Ok(());
+                return files.iter().map(|_| Ok(())).collect();
             }
             if state.running {
                 state = self.done.wait(state).unwrap_or_else(PoisonError::into_inner);
@@ -91,7 +130,7 @@ impl Group {
             let generation = state.started;
             drop(state);
             let began = Instant::now();
-            let flushed = flush(file);
+            let flushed = flush(first);
             let took = began.elapsed();
             state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             state.running = false;
@@ -103,9 +142,14 @@ impl Group {
                 state.solo_until = Some(Instant::now() + SLOW_BACKOFF);
             }
             self.done.notify_all();
-            // a failed flush fails its leader; the waiters start another one, which reports
-            // to each of them whether their own bytes are on disk
-            flushed?;
+            // a failed flush fails its leader's files; the waiters start another one, which
+            // reports to each of them whether their own bytes are on disk
+            if let Err(e) = flushed {
+                return files
+                    .iter()
+                    .map(|_| Err(io::Error::new(e.kind(), e.to_string())))
+                    .collect();
+            }
         }
     }
 }
@@ -137,7 +181,7 @@ mod tests {
                     for round in 0..20 {
                         let mut file = File::create(&path).unwrap();
                         file.write_all(format!("{i} {round}").as_bytes()).unwrap();
-                        group.sync(&file).unwrap();
+                        group.sync(&[&file]).into_iter().for_each(|r| r.unwrap());
                     }
                 })
             })
@@ -152,6 +196,31 @@ mod tests {
             // 320 files, and 16 threads finishing files while a flush runs share the next
             assert!(state.started < 320, "{} flushes for 320 files", state.started);
         }
+    }
+
+    #[test]
+    fn a_batch_of_files_is_synced_by_one_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<File> = (0..8)
+            .map(|i| {
+                let mut file = File::create(dir.path().join(format!("f{i}"))).unwrap();
+                file.write_all(b"data").unwrap();
+                file
+            })
+            .collect();
+        let handles: Vec<&File> = files.iter().collect();
+        let group = Group::default();
+        let results = group.sync(&handles);
+        assert_eq!(results.len(), 8);
+        assert!(results.iter().all(Result::is_ok));
+        let state = group.state.lock().unwrap();
+        if state.solo_until.is_none() {
+            assert_eq!(state.started, 1, "one flush for the whole batch");
+        }
+        drop(state);
+        // through the per-filesystem groups: one result per file
+        assert!(sync_small_files(&handles).iter().all(Result::is_ok));
+        assert!(sync_small_files(&[]).is_empty());
     }
 
     #[test]

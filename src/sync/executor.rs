@@ -1,39 +1,51 @@
 //! Carrying out a plan: steps run in the planner's order, except that file transfers
 //! (pulls and local copies) run concurrently in `SLOTS`, and the index is committed in
-//! batches.
+//! batches. Pulls of small one-chunk files are gathered into groups of up to `MAX_GROUP`,
+//! each pulled and installed together (`puller::pull_small_files`): a few groups in flight
+//! keep the peer's pipeline full while another group is written, and a group's files share
+//! one blocking step and one flush instead of a task, a thread hop and a flush wait each.
 //!
 //! Ordering stays safe: a directory is made before any later step, so before its children's
-//! transfers start; transfers are drained before anything that moves or removes a path
-//! (renames, deletes), since those may be the local source of a transfer's chunks. Commits
-//! stay crash-safe: a batch's files were fsynced before their rename, and the batch's
-//! directories are fsynced before its records are committed, so the index never claims
-//! bytes the disk may not have. A crash between the two leaves files the scanner recognizes
-//! as the applied version (`rules::scanned_record`), not as new changes.
+//! transfers start; transfers (and a group still being gathered) are drained before
+//! anything that moves or removes a path (renames, deletes), since those may be the local
+//! source of a transfer's chunks. Commits stay crash-safe: a batch's files were fsynced
+//! before their rename, and the batch's directories are fsynced before its records are
+//! committed, so the index never claims bytes the disk may not have. A crash between the two
+//! leaves files the scanner recognizes as the applied version (`rules::scanned_record`), not
+//! as new changes. Commits run on the blocking pool, one at a time and in order, while
+//! transfers go on: a commit holds only steps that already finished.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tandem_proto::model::{DeviceId, FileRecord, RelPath};
-use tandem_proto::rules::{Action, Plan, Step};
+use tandem_proto::model::{DeviceId, FileRecord, FolderId, RelPath};
+use tandem_proto::rules::{Action, LocalChunk, Plan, Step};
 
 use crate::config::FolderConfig;
-use crate::store::{Event, EventKind, LocalRecord};
+use crate::store::{Event, EventKind, LocalRecord, StatKey};
 use crate::sync::Inner;
-use crate::sync::puller::{PullJob, copy_local, pull_file};
+use crate::sync::puller::{
+    MAX_GROUP, PullJob, Pulled, copy_local, pull_file, pull_small_files, pulled_in_group,
+};
 use crate::sync::writer::{ApplyError, FolderFs};
 
 /// Transfer slots per folder: a file of up to `SMALL_TRANSFER` bytes takes one, a larger
-/// one `BIG_WEIGHT`, so 16 large files or 64 small ones are in flight. Many small files at
-/// once keep the peer's request pipeline full and share each durability flush
-/// (`sync::durable`); large ones are bounded by the memory their chunks hold in flight.
+/// one `BIG_WEIGHT`, a group of small files pulled together `GROUP_WEIGHT`, so 16 large
+/// files, 64 small ones or 4 groups are in flight. Many small files at once keep the peer's
+/// request pipeline full and share each durability flush (`sync::durable`); large ones are
+/// bounded by the memory their chunks hold in flight.
 const SLOTS: usize = 64;
 /// See [`SLOTS`].
 const SMALL_TRANSFER: u64 = 256 << 10;
 /// See [`SLOTS`].
 const BIG_WEIGHT: usize = 4;
+/// See [`SLOTS`]: several groups in flight, so one fetches while another installs.
+const GROUP_WEIGHT: usize = 16;
 /// Steps per index commit.
 const COMMIT_BATCH: usize = 500;
 
@@ -44,13 +56,31 @@ pub(crate) struct Outcome {
     pub committed: usize,
     /// A path differed from the index: rescan before planning again.
     pub rescan: bool,
+    /// Paths this plan brought to the global version and committed, and on which no step
+    /// failed (see `settles`): the next round need not judge them again, which for a first
+    /// sync meant reading every record once more after the last file arrived.
+    pub settled: Vec<RelPath>,
 }
 
 /// A transfer that runs concurrently with the rest of the plan.
 enum Transfer {
-    Pull(PullJob),
-    Copy { fs: FolderFs, from: RelPath, record: FileRecord, indexed: Option<LocalRecord> },
+    Pull {
+        idx: usize,
+        job: PullJob,
+    },
+    Copy {
+        idx: usize,
+        fs: FolderFs,
+        from: RelPath,
+        record: FileRecord,
+        indexed: Option<LocalRecord>,
+    },
+    /// Small files pulled together (`puller::pull_small_files`), by step index.
+    Group(Vec<(usize, PullJob)>),
 }
+
+/// The transfers in flight: each yields its slot weight and its steps' results.
+type InFlight = FuturesUnordered<BoxFuture<'static, (usize, Vec<(usize, Pulled)>)>>;
 
 /// Executes `plan` for the folder `cfg`; `local` is the index the plan was made from.
 pub(crate) async fn execute(
@@ -69,11 +99,11 @@ pub(crate) async fn execute(
     });
     if let Err(e) = journal {
         tracing::error!("folder {}: recording the plan: {e}; rescanning", cfg.id);
-        return Outcome { committed: 0, rescan: true };
+        return Outcome { rescan: true, ..Outcome::default() };
     }
     let mut ex = Executor::new(inner, cfg, local);
-    let mut in_flight = FuturesUnordered::new();
-    let mut used = 0; // transfer slots taken (see `SLOTS`)
+    let mut in_flight = Flight { inner: inner.clone(), running: FuturesUnordered::new(), used: 0 };
+    let mut group = Vec::new(); // small pulls not started yet (see `MAX_GROUP`)
     for (idx, step) in plan.steps.iter().enumerate() {
         if ex.outcome.rescan {
             break;
@@ -81,46 +111,114 @@ pub(crate) async fn execute(
         if inner.backing_off(&cfg.id, step.path()) {
             continue; // failed recently: retried when its backoff ends
         }
-        if let Some(transfer) = ex.transfer(step, &sources) {
-            while used + weight(step) > SLOTS {
-                let Some((i, result)) = in_flight.next().await else { break };
-                used -= weight(&plan.steps[i]);
-                ex.finish(&plan.steps[i], result);
+        if let Some(job) = ex.small_pull(step, &sources) {
+            group.push((idx, job));
+            if group.len() == MAX_GROUP {
+                let full = Transfer::Group(std::mem::take(&mut group));
+                in_flight.start(full, GROUP_WEIGHT, &mut ex, &plan).await;
             }
-            used += weight(step);
-            in_flight.push(run(inner.clone(), idx, transfer));
+            continue;
+        }
+        if let Some(transfer) = ex.transfer(idx, step, &sources) {
+            in_flight.start(transfer, weight(step), &mut ex, &plan).await;
             continue;
         }
         if moves_or_removes(step) {
-            while let Some((i, result)) = in_flight.next().await {
-                ex.finish(&plan.steps[i], result);
+            if !group.is_empty() {
+                let part = Transfer::Group(std::mem::take(&mut group));
+                in_flight.start(part, GROUP_WEIGHT, &mut ex, &plan).await;
             }
-            used = 0;
+            in_flight.drain(&mut ex, &plan).await;
         }
-        let result = ex.apply(step);
+        let result = ex.apply(step).map(|()| None);
         ex.finish(step, result);
-        if ex.pending.len() >= COMMIT_BATCH {
-            ex.flush();
-        }
+        ex.flush();
     }
-    while let Some((i, result)) = in_flight.next().await {
-        ex.finish(&plan.steps[i], result);
+    if !group.is_empty() && !ex.outcome.rescan {
+        in_flight.start(Transfer::Group(group), GROUP_WEIGHT, &mut ex, &plan).await;
     }
-    ex.flush_last();
+    in_flight.drain(&mut ex, &plan).await;
+    ex.flush_last().await;
+    if !ex.commit_failed {
+        let failed = std::mem::take(&mut ex.failed_paths);
+        ex.outcome.settled = std::mem::take(&mut ex.settled);
+        ex.outcome.settled.retain(|path| !failed.contains(path));
+    }
     ex.outcome
 }
 
-async fn run(inner: Arc<Inner>, idx: usize, transfer: Transfer) -> (usize, Result<(), ApplyError>) {
-    let result = match transfer {
-        Transfer::Pull(job) => pull_file(&inner, job).await,
-        Transfer::Copy { fs, from, record, indexed } => {
-            let task = move || copy_local(&fs, &from, &record, indexed.as_ref());
-            tokio::task::spawn_blocking(task)
-                .await
-                .unwrap_or_else(|e| Err(ApplyError::Store(format!("internal task failed: {e}"))))
+/// True when a successful `step` leaves its path at the global version, its need settled:
+/// it takes that version (the planner commits the global record with the local vector
+/// merged in). Not so for a conflict rename (the path still needs the winner), a sync
+/// rename's source, or a kept directory.
+fn settles(step: &Step) -> bool {
+    matches!(
+        step.action,
+        Action::Pull { .. }
+            | Action::CopyLocal { .. }
+            | Action::MakeDir { .. }
+            | Action::MakeSymlink { .. }
+            | Action::SetMetadata { .. }
+            | Action::Delete { .. }
+            | Action::Record { .. }
+    ) && step.commit.iter().all(|r| r.path == *step.path())
+}
+
+/// The transfers running concurrently with the plan, and the slots they take.
+struct Flight {
+    inner: Arc<Inner>,
+    running: InFlight,
+    used: usize,
+}
+
+impl Flight {
+    /// Starts `transfer` once `weight` slots are free, finishing transfers until they are.
+    async fn start(
+        &mut self,
+        transfer: Transfer,
+        weight: usize,
+        ex: &mut Executor<'_>,
+        plan: &Plan,
+    ) {
+        while self.used + weight > SLOTS && self.finish_one(ex, plan).await {}
+        self.used += weight;
+        self.running.push(Box::pin(run(self.inner.clone(), weight, transfer)));
+    }
+
+    /// Waits for every transfer to finish.
+    async fn drain(&mut self, ex: &mut Executor<'_>, plan: &Plan) {
+        while self.finish_one(ex, plan).await {}
+    }
+
+    /// Waits for one transfer and records its steps' results; false when none runs.
+    async fn finish_one(&mut self, ex: &mut Executor<'_>, plan: &Plan) -> bool {
+        let Some((weight, results)) = self.running.next().await else { return false };
+        self.used -= weight;
+        for (i, result) in results {
+            ex.finish(&plan.steps[i], result);
         }
+        ex.flush();
+        true
+    }
+}
+
+async fn run(
+    inner: Arc<Inner>,
+    weight: usize,
+    transfer: Transfer,
+) -> (usize, Vec<(usize, Pulled)>) {
+    let results = match transfer {
+        Transfer::Pull { idx, job } => vec![(idx, pull_file(&inner, job).await.map(|()| None))],
+        Transfer::Copy { idx, fs, from, record, indexed } => {
+            let task = move || copy_local(&fs, &from, &record, indexed.as_ref());
+            let result = tokio::task::spawn_blocking(task)
+                .await
+                .unwrap_or_else(|e| Err(ApplyError::Store(format!("internal task failed: {e}"))));
+            vec![(idx, result.map(|()| None))]
+        }
+        Transfer::Group(jobs) => pull_small_files(&inner, jobs).await,
     };
-    (idx, result)
+    (weight, results)
 }
 
 /// Transfer slots `step` takes (see [`SLOTS`]).
@@ -157,6 +255,12 @@ struct Executor<'a> {
     unsettled: Vec<FileRecord>,
     /// A batch commit failed: its steps' records must stay in `applying` too.
     commit_failed: bool,
+    /// Paths of successful steps that settle them (see [`settles`]).
+    settled: Vec<RelPath>,
+    /// Paths on which a step failed or found a local change.
+    failed_paths: BTreeSet<RelPath>,
+    /// The commit running on the blocking pool, if any (one at a time, in order).
+    committing: Option<tokio::task::JoinHandle<Committed>>,
 }
 
 impl<'a> Executor<'a> {
@@ -179,31 +283,61 @@ impl<'a> Executor<'a> {
             steps_pending: 0,
             unsettled: Vec::new(),
             commit_failed: false,
+            settled: Vec::new(),
+            failed_paths: BTreeSet::new(),
+            committing: None,
         }
     }
 
     /// The step as a concurrent transfer, if it is one.
     fn transfer(
         &self,
+        idx: usize,
         step: &Step,
         sources: &BTreeMap<RelPath, Vec<DeviceId>>,
     ) -> Option<Transfer> {
         match &step.action {
-            Action::Pull { record, reuse } => Some(Transfer::Pull(PullJob {
-                folder: self.cfg.id.clone(),
-                fs: self.fs.clone(),
-                record: record.clone(),
-                reuse: reuse.clone(),
-                sources: sources.get(&record.path).cloned().unwrap_or_default(),
-                indexed: self.local.get(&record.path).cloned(),
-            })),
+            Action::Pull { record, reuse } => {
+                Some(Transfer::Pull { idx, job: self.pull_job(record, reuse, sources) })
+            }
             Action::CopyLocal { from, record } => Some(Transfer::Copy {
+                idx,
                 fs: self.fs.clone(),
                 from: from.clone(),
                 record: record.clone(),
                 indexed: self.local.get(&record.path).cloned(),
             }),
             _ => None,
+        }
+    }
+
+    /// The step as a pull of a small file run in a group (`puller::pulled_in_group`).
+    fn small_pull(
+        &self,
+        step: &Step,
+        sources: &BTreeMap<RelPath, Vec<DeviceId>>,
+    ) -> Option<PullJob> {
+        match &step.action {
+            Action::Pull { record, reuse } if pulled_in_group(record) => {
+                Some(self.pull_job(record, reuse, sources))
+            }
+            _ => None,
+        }
+    }
+
+    fn pull_job(
+        &self,
+        record: &FileRecord,
+        reuse: &[LocalChunk],
+        sources: &BTreeMap<RelPath, Vec<DeviceId>>,
+    ) -> PullJob {
+        PullJob {
+            folder: self.cfg.id.clone(),
+            fs: self.fs.clone(),
+            record: record.clone(),
+            reuse: reuse.to_vec(),
+            sources: sources.get(&record.path).cloned().unwrap_or_default(),
+            indexed: self.local.get(&record.path).cloned(),
         }
     }
 
@@ -227,15 +361,22 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// Records a step's result: on success the in-memory index follows the disk at once
-    /// (later steps check against it) and the records wait for the next batch commit.
-    fn finish(&mut self, step: &Step, result: Result<(), ApplyError>) {
+    /// Records a step's result (with the stat of the file it installed, when known): on
+    /// success the in-memory index follows the disk at once (later steps check against it)
+    /// and the records wait for the next batch commit.
+    fn finish(&mut self, step: &Step, result: Pulled) {
         match result {
-            Ok(()) => match self.stage(step) {
-                Ok(()) => self.inner.step_succeeded(&self.cfg.id, step.path()),
+            Ok(installed) => match self.stage(step, installed) {
+                Ok(()) => {
+                    self.inner.step_succeeded(&self.cfg.id, step.path());
+                    if settles(step) {
+                        self.settled.push(step.path().clone());
+                    }
+                }
                 Err(e) => self.failed(step, &e),
             },
             Err(ApplyError::LocalChange(path)) => {
+                self.failed_paths.insert(step.path().clone());
                 tracing::info!(
                     "folder {}: {path} changed locally; rescanning before deciding",
                     self.cfg.id
@@ -250,6 +391,7 @@ impl<'a> Executor<'a> {
     /// per-file problem (shown by `status`) and retried with backoff; the log and the event
     /// log hear about it once per distinct error, not on every retry.
     fn failed(&mut self, step: &Step, error: &ApplyError) {
+        self.failed_paths.insert(step.path().clone());
         self.unsettled.extend(step.commit.iter().cloned());
         let text = error.to_string();
         if self.inner.step_failed(&self.cfg.id, step.path(), &text) {
@@ -335,7 +477,7 @@ impl<'a> Executor<'a> {
         Some(self.event(path, kind, device, detail))
     }
 
-    fn stage(&mut self, step: &Step) -> Result<(), ApplyError> {
+    fn stage(&mut self, step: &Step, installed: Option<StatKey>) -> Result<(), ApplyError> {
         if let Some(event) = self.event_for(step) {
             self.events.push(event);
         }
@@ -348,8 +490,11 @@ impl<'a> Executor<'a> {
             self.dirs.insert(self.fs.parent_dir(path));
         }
         for record in &step.commit {
-            let stat =
-                if record.deleted { Default::default() } else { self.fs.stat_key(&record.path)? };
+            let stat = match installed {
+                _ if record.deleted => StatKey::default(),
+                Some(stat) if record.path == *step.path() => stat,
+                _ => self.fs.stat_key(&record.path)?,
+            };
             let stored = LocalRecord { record: record.clone(), stat };
             self.dirs.insert(self.fs.parent_dir(&record.path));
             self.local.insert(record.path.clone(), stored.clone());
@@ -359,9 +504,20 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
-    /// Makes the staged steps durable: directories first, then one index commit.
+    /// Starts making the staged steps durable once there are `COMMIT_BATCH` of them and the
+    /// previous commit is done: directories first, then one index commit, on the blocking
+    /// pool (`commit`). Run on the runner task, a commit stalled every transfer in flight,
+    /// whose futures that task polls; meanwhile steps keep finishing and wait for the next.
     fn flush(&mut self) {
-        self.commit(false);
+        if self.committing.as_ref().is_some_and(|c| !c.is_finished()) {
+            return;
+        }
+        if let Some(done) = self.committing.take().and_then(FutureExt::now_or_never) {
+            self.committed(done);
+        }
+        if self.pending.len() >= COMMIT_BATCH {
+            self.committing = Some(tokio::task::spawn_blocking(self.commit_job(false)));
+        }
     }
 
     /// The plan's last commit, which also empties its `applying` journal: every step that
@@ -369,42 +525,80 @@ impl<'a> Executor<'a> {
     /// failed rename may have happened, and the next scan must read it as this plan's
     /// version, not as a local change). Before, the journal stayed until the next scan, which
     /// read it whole: a first sync's 50,000 records, in the index and read at every start.
-    fn flush_last(&mut self) {
-        self.commit(!self.commit_failed);
+    async fn flush_last(&mut self) {
+        if let Some(running) = self.committing.take() {
+            self.committed(running.await);
+        }
+        let job = self.commit_job(!self.commit_failed);
+        self.committed(tokio::task::spawn_blocking(job).await);
     }
 
-    fn commit(&mut self, settle: bool) {
-        for dir in std::mem::take(&mut self.dirs) {
-            if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
-                tracing::warn!("folder {}: fsync {}: {e}", self.cfg.id, dir.display());
-            }
-        }
-        if self.pending.is_empty() && self.events.is_empty() && !settle {
-            return;
-        }
-        let folder = self.cfg.id.as_str();
-        let unsettled: Vec<&FileRecord> = self.unsettled.iter().collect();
-        let result = self.inner.index.write().and_then(|mut batch| {
-            for stored in self.pending.drain(..) {
-                batch.put_change(folder, stored)?;
-            }
-            for event in self.events.drain(..) {
-                batch.log_event(&event)?;
-            }
-            if settle {
-                batch.set_applying(folder, &unsettled)?;
-            }
-            batch.commit()
-        });
+    /// What the next commit writes: the staged steps (and, with `settle`, the journal of
+    /// the failed ones), taken out of the executor.
+    fn commit_job(&mut self, settle: bool) -> impl FnOnce() -> Committed + Send + 'static {
+        let job = CommitJob {
+            inner: self.inner.clone(),
+            folder: self.cfg.id.clone(),
+            dirs: std::mem::take(&mut self.dirs),
+            pending: std::mem::take(&mut self.pending),
+            events: std::mem::take(&mut self.events),
+            settle: settle.then(|| self.unsettled.clone()),
+            steps: std::mem::take(&mut self.steps_pending),
+        };
+        move || job.run()
+    }
+
+    /// Records how a commit went.
+    fn committed(&mut self, done: Result<Committed, tokio::task::JoinError>) {
+        let result = done.unwrap_or_else(|e| (0, Err(format!("internal task failed: {e}"))));
         match result {
-            Ok(()) => self.outcome.committed += std::mem::take(&mut self.steps_pending),
-            Err(e) => {
+            (steps, Ok(())) => self.outcome.committed += steps,
+            (_, Err(e)) => {
                 tracing::error!("folder {}: committing the index: {e}; rescanning", self.cfg.id);
-                self.steps_pending = 0;
                 self.outcome.rescan = true;
                 self.commit_failed = true;
             }
         }
+    }
+}
+
+/// A commit's steps and its result.
+type Committed = (usize, Result<(), String>);
+
+/// One commit of finished steps (see `Executor::flush`), run on the blocking pool.
+struct CommitJob {
+    inner: Arc<Inner>,
+    folder: FolderId,
+    dirs: BTreeSet<PathBuf>,
+    pending: Vec<LocalRecord>,
+    events: Vec<Event>,
+    /// The journal of failed steps to leave in `applying`: the plan's last commit.
+    settle: Option<Vec<FileRecord>>,
+    steps: usize,
+}
+
+impl CommitJob {
+    /// The steps' directories are made durable (their files already are), then their
+    /// records are committed: the index never claims a name the disk may not have.
+    fn run(self) -> Committed {
+        for dir in &self.dirs {
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                tracing::warn!("folder {}: fsync {}: {e}", self.folder, dir.display());
+            }
+        }
+        if self.pending.is_empty() && self.events.is_empty() && self.settle.is_none() {
+            return (self.steps, Ok(()));
+        }
+        let folder = self.folder.as_str();
+        let result = self.inner.index.write().and_then(|mut batch| {
+            batch.put_records(folder, self.pending.into_iter().map(|stored| (stored, true)))?;
+            batch.log_events(&self.events)?;
+            if let Some(unsettled) = &self.settle {
+                batch.set_applying(folder, &unsettled.iter().collect::<Vec<_>>())?;
+            }
+            batch.commit()
+        });
+        (self.steps, result.map_err(|e| e.to_string()))
     }
 }
 
@@ -470,6 +664,7 @@ mod tests {
         assert_eq!(outcome.committed, 1);
         assert!(root.join("made").is_dir());
         let made = RelPath::new("made".to_string()).unwrap();
+        assert_eq!(outcome.settled, vec![made.clone()], "only the step that succeeded settles");
         assert!(inner.index.record("f", &made).unwrap().is_some(), "the made dir is committed");
         let journal: Vec<String> =
             inner.index.applying("f").unwrap().iter().map(|r| r.path.to_string()).collect();

@@ -672,6 +672,17 @@ impl Inner {
         });
     }
 
+    /// These paths of `folder` were brought to the global version the last plan chose and
+    /// committed: the next plan need not judge them again. Changes that reached them since
+    /// are in the news, which the next plan covers anyway.
+    fn settle_paths(&self, folder: &FolderId, paths: &[RelPath]) {
+        self.life(folder, |life| {
+            for path in paths {
+                life.work.pending.remove(path);
+            }
+        });
+    }
+
     /// New peer records for `folder` (these paths, or all of the peer's records when it
     /// sent its full index): whatever the runner planned before is stale.
     pub(crate) fn peer_news(&self, folder: &FolderId, paths: &[RelPath], replaced_all: bool) {
@@ -1248,6 +1259,7 @@ async fn sync_rounds(
         }
         let Planned { plan, local, sources, .. } = planned;
         let outcome = executor::execute(inner, &cfg, plan, local, sources).await;
+        inner.settle_paths(folder, &outcome.settled);
         if outcome.committed > 0 {
             inner.local_changed();
         }

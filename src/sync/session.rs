@@ -6,18 +6,19 @@
 //! connection with a logged reason; nothing from the peer is trusted beyond what `proto`
 //! validated while decoding.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tandem_proto::model::{DeviceId, EntryKind, FileRecord, FolderId, RelPath};
 use tandem_proto::wire::{
     ChunkEdit, Close, CloseCode, ClusterConfig, EDITS_VERSION, EditBatch, EditError, EditedRecord,
-    FolderShare, Hello, IndexBatch, MAX_EDITED_CHUNKS, MAX_IN_FLIGHT, MAX_INDEX_BATCH, MAX_REQUEST,
-    Message, PROTOCOL_VERSION, Resend, Response, ResponseBody,
+    ErrorCode, FolderShare, Hello, IndexBatch, MAX_EDITED_CHUNKS, MAX_IN_FLIGHT, MAX_INDEX_BATCH,
+    MAX_REQUEST, Message, PROTOCOL_VERSION, Request, Resend, Response, ResponseBody,
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::net::conn::{FramedRecv, FramedSend, StreamError};
 use crate::sync::puller::serve_read;
@@ -703,8 +704,10 @@ fn kind(message: &Message) -> &'static str {
 async fn serve_requests(inner: Arc<Inner>, conn: quinn::Connection, peer: DeviceId, v2: bool) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let logged = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+    let reads = Arc::new(SmallReads::default());
     while let Ok((send, recv)) = conn.accept_bi().await {
         let (inner, slots, logged) = (inner.clone(), slots.clone(), logged.clone());
+        let reads = reads.clone();
         tokio::spawn(async move {
             let permit = slots.try_acquire();
             let (mut tx, mut rx) = (FramedSend::new(send), FramedRecv::new(recv));
@@ -718,15 +721,15 @@ async fn serve_requests(inner: Arc<Inner>, conn: quinn::Connection, peer: Device
                     if !logged[0].swap(true, Ordering::Relaxed) {
                         tracing::warn!(%peer, "{peer} has more than {MAX_IN_FLIGHT} requests in flight; answering Busy");
                     }
-                    ResponseBody::Error(tandem_proto::wire::ErrorCode::Busy)
+                    ResponseBody::Error(ErrorCode::Busy)
                 }
                 Ok(_) if request.size > MAX_REQUEST => {
                     if !logged[1].swap(true, Ordering::Relaxed) {
                         tracing::warn!(%peer, "refused a request from {peer} for {} bytes (the limit is {MAX_REQUEST})", request.size);
                     }
-                    ResponseBody::Error(tandem_proto::wire::ErrorCode::Invalid)
+                    ResponseBody::Error(ErrorCode::Invalid)
                 }
-                Ok(_) => answer(&inner, &peer, &request, delta).await,
+                Ok(_) => answer(&inner, &peer, &request, delta, &reads).await,
             };
             let _ = tx.send(&Message::Response(Response { id: request.id, body })).await;
             let _ = tx.finish();
@@ -739,11 +742,12 @@ async fn serve_requests(inner: Arc<Inner>, conn: quinn::Connection, peer: Device
 async fn answer(
     inner: &Arc<Inner>,
     peer: &DeviceId,
-    request: &tandem_proto::wire::Request,
+    request: &Request,
     delta: Option<tandem_proto::wire::DeltaRequest>,
+    reads: &Arc<SmallReads>,
 ) -> ResponseBody {
     let Some(root) = inner.folder_root_shared_with(&request.folder, peer) else {
-        return ResponseBody::Error(tandem_proto::wire::ErrorCode::NotShared);
+        return ResponseBody::Error(ErrorCode::NotShared);
     };
     let request = request.clone();
     if inner.faults.response_delay_ms > 0 {
@@ -766,20 +770,147 @@ async fn answer(
                 ResponseBody::Delta(ops)
             }
             Ok(body) => body,
-            Err(_) => ResponseBody::Error(tandem_proto::wire::ErrorCode::Io),
+            Err(_) => ResponseBody::Error(ErrorCode::Io),
         };
     }
-    let read =
-        tokio::task::spawn_blocking(move || serve_read(&FolderFs::new(root), &request)).await;
+    let read = if request.size <= SMALL_READ {
+        reads.read(root, request).await
+    } else {
+        tokio::task::spawn_blocking(move || serve_read(&FolderFs::new(root), &request))
+            .await
+            .unwrap_or(Err(ErrorCode::Io))
+    };
     match read {
-        Ok(Ok(mut data)) if inner.faults.corrupt_responses => {
+        Ok(mut data) if inner.faults.corrupt_responses => {
             if let Some(first) = data.first_mut() {
                 *first ^= 0xFF;
             }
             ResponseBody::Data(data)
         }
-        Ok(Ok(data)) => ResponseBody::Data(data),
-        Ok(Err(code)) => ResponseBody::Error(code),
-        Err(_) => ResponseBody::Error(tandem_proto::wire::ErrorCode::Io),
+        Ok(data) => ResponseBody::Data(data),
+        Err(code) => ResponseBody::Error(code),
+    }
+}
+
+/// Requests of at most this many bytes are read by [`SmallReads`].
+const SMALL_READ: u32 = 64 << 10;
+
+/// The small reads a connection's requests need, served in arrival order by one blocking
+/// task at a time, which takes every read queued meanwhile before it ends.
+///
+/// Why: a blocking task per request cost a thread wake-up and a context switch per small
+/// file, more than the read of a few KiB from the page cache; a peer pulling many small
+/// files sends them 64 at a time, so they queue and one wake-up serves many. Larger reads
+/// keep a blocking task each, so they proceed in parallel.
+#[derive(Default)]
+struct SmallReads {
+    queue: Mutex<VecDeque<ReadJob>>,
+    /// A blocking task is draining `queue`.
+    draining: AtomicBool,
+}
+
+struct ReadJob {
+    root: PathBuf,
+    request: Request,
+    reply: oneshot::Sender<Result<Vec<u8>, ErrorCode>>,
+}
+
+impl SmallReads {
+    async fn read(self: &Arc<Self>, root: PathBuf, request: Request) -> Result<Vec<u8>, ErrorCode> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs().push_back(ReadJob { root, request, reply });
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            let reads = self.clone();
+            tokio::task::spawn_blocking(move || reads.drain());
+        }
+        answer.await.unwrap_or(Err(ErrorCode::Io))
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, VecDeque<ReadJob>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn drain(&self) {
+        let _unwind = DrainGuard(self);
+        loop {
+            let job = self.jobs().pop_front();
+            if let Some(job) = job {
+                let _ = job.reply.send(serve_read(&FolderFs::new(job.root), &job.request));
+                continue;
+            }
+            self.draining.store(false, Ordering::Release);
+            // a read queued between the pop and the store left the draining to us: take it
+            // back, unless the queue is empty or a new drainer has started
+            if self.jobs().is_empty() || self.draining.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    }
+}
+
+/// Should a read panic, the queued reads fail (their senders are dropped) instead of
+/// waiting for a drainer that is gone, and the next read starts a new one.
+struct DrainGuard<'a>(&'a SmallReads);
+
+impl Drop for DrainGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.jobs().clear();
+            self.0.draining.store(false, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_proto::model::{Hash, RelPath};
+
+    #[test]
+    fn many_concurrent_small_reads_are_all_answered_with_their_own_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let request = |i: u64| {
+            let data = format!("file number {i}");
+            let name = format!("f{i}");
+            std::fs::write(root.join(&name), &data).unwrap();
+            Request {
+                id: i,
+                folder: FolderId::new("f").unwrap(),
+                path: RelPath::new(name).unwrap(),
+                offset: 0,
+                size: data.len() as u32,
+                hash: Hash::of(data.as_bytes()),
+            }
+        };
+        let requests: Vec<Request> = (0..500).map(request).collect();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let reads = Arc::new(SmallReads::default());
+        runtime.block_on(async {
+            for round in 0..4 {
+                let tasks: Vec<_> = requests
+                    .iter()
+                    .cloned()
+                    .map(|r| {
+                        let (reads, root) = (reads.clone(), root.clone());
+                        tokio::spawn(async move { (r.id, reads.read(root, r).await) })
+                    })
+                    .collect();
+                for task in tasks {
+                    let wait = tokio::time::timeout(Duration::from_secs(30), task);
+                    let (id, data) = wait.await.expect("a read was never answered").unwrap();
+                    assert_eq!(data.unwrap(), format!("file number {id}").into_bytes(), "{round}");
+                }
+            }
+            // a file that is gone is refused, and the queue goes on
+            let mut gone = requests[0].clone();
+            gone.path = RelPath::new("missing".to_string()).unwrap();
+            assert_eq!(reads.read(root.clone(), gone).await, Err(ErrorCode::NoSuchFile));
+            assert!(reads.read(root.clone(), requests[1].clone()).await.is_ok());
+        });
     }
 }
