@@ -661,16 +661,23 @@ impl WriteBatch {
             }
         }
         meta.index_id = index_id;
-        let mut table = self.txn.open_table(PEER_META).map_err(db_err)?;
-        table
-            .insert((folder, peer), records::encode_peer_meta(&meta).as_slice())
-            .map_err(db_err)?;
-        Ok(())
+        self.put_peer_meta(folder, peer, &meta)
     }
 
     fn peer_meta(&self, folder: &str, peer: &str) -> Result<PeerMeta, StoreError> {
         let table = self.txn.open_table(PEER_META).map_err(db_err)?;
         read_peer_meta(&table, folder, peer)
+    }
+
+    fn put_peer_meta(
+        &mut self,
+        folder: &str,
+        peer: &str,
+        meta: &PeerMeta,
+    ) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(PEER_META).map_err(db_err)?;
+        table.insert((folder, peer), records::encode_peer_meta(meta).as_slice()).map_err(db_err)?;
+        Ok(())
     }
 
     /// Lowers the highest sequence held from `peer` for `folder` to at most `cap`, so the
@@ -687,11 +694,7 @@ impl WriteBatch {
             return Ok(());
         }
         meta.max_sequence = cap;
-        let mut table = self.txn.open_table(PEER_META).map_err(db_err)?;
-        table
-            .insert((folder, peer), records::encode_peer_meta(&meta).as_slice())
-            .map_err(db_err)?;
-        Ok(())
+        self.put_peer_meta(folder, peer, &meta)
     }
 
     /// Replaces the folder's pending records with `records`: what a plan is about to commit

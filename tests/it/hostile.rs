@@ -730,6 +730,14 @@ fn a_peer_that_accepts_requests_and_never_answers_is_dropped_and_the_file_fails_
     assert_survived(&victim, &honest, &serve.log_text());
 }
 
+/// The victim's own record of `big.bin`, which an honest edit would name as its base:
+/// sequence, content hash and chunk count.
+fn indexed_base(victim: &Device) -> (u64, Hash, u32) {
+    let base = victim.entry("big.bin").unwrap();
+    let hash = base["hash"].as_str().unwrap().parse().unwrap();
+    (base["sequence"].as_u64().unwrap(), hash, base["chunks"].as_u64().unwrap() as u32)
+}
+
 /// An `IndexEdits` frame for `docs` with one record of `path` whose chunk list is `edit`.
 fn edits_frame(path: &str, size: u64, chunks: Vec<ChunkRef>, edit: ChunkEdit) -> Vec<u8> {
     let mut record = record_of(path, b"", 1);
@@ -748,10 +756,8 @@ fn chunk_list_edits_that_break_the_protocol_are_refused_and_nothing_is_written()
     let base_data = random_bytes(31, 3 << 20);
     victim.write("big.bin", &base_data);
     victim.scan();
-    let base = victim.entry("big.bin").unwrap();
-    let (base_sequence, chunks) = (base["sequence"].as_u64().unwrap(), base["chunks"].as_u64());
-    assert!(chunks.unwrap() >= 16, "the base should have a long chunk list: {base}");
-    let base_hash: Hash = base["hash"].as_str().unwrap().parse().unwrap();
+    let (base_sequence, base_hash, chunks) = indexed_base(&victim);
+    assert!(chunks >= 16, "the base should have a long chunk list: {chunks} chunks");
     let serve = victim.serve();
     let edit = |ops| ChunkEdit { base_sequence, base_hash, ops };
     let added = |n: usize| ChunkOp::Add(vec![NewChunk { len: 1, hash: Hash::ZERO }; n]);
@@ -881,10 +887,7 @@ fn resend_and_edit_floods_are_refused_with_bounded_memory() {
     let base_data = random_bytes(51, 3 << 20);
     victim.write("big.bin", &base_data);
     victim.scan();
-    let base = victim.entry("big.bin").unwrap();
-    let base_sequence = base["sequence"].as_u64().unwrap();
-    let chunks = base["chunks"].as_u64().unwrap() as u32;
-    let base_hash: Hash = base["hash"].as_str().unwrap().parse().unwrap();
+    let (base_sequence, base_hash, chunks) = indexed_base(&victim);
     let serve = victim.serve();
     let folder = || FolderId::new("docs").unwrap();
     let resend = |folder: &str, n: usize| {
